@@ -1,0 +1,123 @@
+"""processor_guard: keep data-pipeline processors from corrupting their output when
+they run twice at once.
+
+Names are loaded on first use, so ``import processor_guard`` stays cheap and the
+Redis, Firestore and BigQuery clients are imported only by the code that needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .completion import CompletionState, CompletionTracker, ReconcileReport
+    from .dedup import TABLES, DedupReport, TableSpec, dedupe_rows
+    from .errors import (
+        ConfigError,
+        GuardError,
+        InvalidRows,
+        LeaseLost,
+        LockBusy,
+        MergeFailed,
+        StaleFence,
+        StoreUnavailable,
+    )
+    from .health import find_duplicates
+    from .leases import Lease, LeaseHooks, current_lease, date_lock, guarded, register_hooks
+    from .merge import MergeResult, safe_merge
+    from .stores import (
+        FirestoreStore,
+        LeaseStore,
+        MemoryStore,
+        RedisStore,
+        SQLiteStore,
+        open_store,
+    )
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    # leases
+    "date_lock": "leases",
+    "guarded": "leases",
+    "current_lease": "leases",
+    "register_hooks": "leases",
+    "Lease": "leases",
+    "LeaseHooks": "leases",
+    # stores
+    "open_store": "stores",
+    "LeaseStore": "stores",
+    "MemoryStore": "stores",
+    "SQLiteStore": "stores",
+    "RedisStore": "stores",
+    "FirestoreStore": "stores",
+    # errors
+    "GuardError": "errors",
+    "ConfigError": "errors",
+    "LockBusy": "errors",
+    "LeaseLost": "errors",
+    "StoreUnavailable": "errors",
+    "InvalidRows": "errors",
+    "StaleFence": "errors",
+    "MergeFailed": "errors",
+    # dedup
+    "dedupe_rows": "dedup",
+    "DedupReport": "dedup",
+    "TableSpec": "dedup",
+    "TABLES": "dedup",
+    # merge
+    "safe_merge": "merge",
+    "MergeResult": "merge",
+    # completion and health
+    "CompletionTracker": "completion",
+    "CompletionState": "completion",
+    "ReconcileReport": "completion",
+    "find_duplicates": "health",
+}
+
+__all__ = [
+    "TABLES",
+    "CompletionState",
+    "CompletionTracker",
+    "ConfigError",
+    "DedupReport",
+    "FirestoreStore",
+    "GuardError",
+    "InvalidRows",
+    "Lease",
+    "LeaseHooks",
+    "LeaseLost",
+    "LeaseStore",
+    "LockBusy",
+    "MemoryStore",
+    "MergeFailed",
+    "MergeResult",
+    "ReconcileReport",
+    "RedisStore",
+    "SQLiteStore",
+    "StaleFence",
+    "StoreUnavailable",
+    "TableSpec",
+    "current_lease",
+    "date_lock",
+    "dedupe_rows",
+    "find_duplicates",
+    "guarded",
+    "open_store",
+    "register_hooks",
+    "safe_merge",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'processor_guard' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

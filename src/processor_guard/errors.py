@@ -1,0 +1,106 @@
+"""The single error hierarchy of processor_guard, rooted in :class:`GuardError`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "GuardError",
+    "InvalidRows",
+    "LeaseLost",
+    "LockBusy",
+    "MergeFailed",
+    "StaleFence",
+    "StoreUnavailable",
+]
+
+
+class GuardError(Exception):
+    """Base class of every error raised by processor_guard."""
+
+
+class ConfigError(GuardError, ValueError):
+    """A bad argument, URL or environment setting."""
+
+
+class StoreUnavailable(GuardError):
+    """The lease store could not be reached; never read as "held" or "free"."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class LockBusy(GuardError):
+    """Another owner holds the lease and the wait ran out."""
+
+    def __init__(self, key: str, holder: str | None, remaining: float | None) -> None:
+        self.key = key
+        self.holder = holder
+        self.remaining = remaining
+        left = "unknown" if remaining is None else f"{remaining:.1f}s"
+        super().__init__(f"lock {key!r} is held by {holder!r} ({left} left)")
+
+
+class LeaseLost(GuardError):
+    """The lease expired, was taken over or could not be renewed in time."""
+
+    def __init__(self, key: str, owner: str, fence: int, reason: str = "") -> None:
+        self.key = key
+        self.owner = owner
+        self.fence = fence
+        self.reason = reason
+        detail = f": {reason}" if reason else ""
+        super().__init__(f"lease {key!r} (owner {owner!r}, fence {fence}) lost{detail}")
+
+
+class InvalidRows(GuardError, ValueError):
+    """Rows that cannot be written; names the row index and column where known."""
+
+    def __init__(
+        self, message: str, *, row_index: int | None = None, column: str | None = None
+    ) -> None:
+        self.row_index = row_index
+        self.column = column
+        super().__init__(message)
+
+
+class StaleFence(GuardError):
+    """A write carried a fence older than one already recorded for the partition."""
+
+    def __init__(
+        self, table: str, fence: int, current: int | None = None, partition: object = None
+    ) -> None:
+        self.table = table
+        self.fence = fence
+        self.current = current
+        self.partition = partition
+        newer = "a newer one" if current is None else str(current)
+        super().__init__(
+            f"fence {fence} is stale for {table!r} (partition {partition!r}): "
+            f"{newer} was already recorded"
+        )
+
+
+class MergeFailed(GuardError):
+    """A MERGE kept failing on retryable errors until attempts or deadline ran out."""
+
+    def __init__(
+        self,
+        table: str,
+        attempts: int,
+        last_error: BaseException | None,
+        rows: Sequence[dict[str, Any]],
+        replay_path: str | None = None,
+    ) -> None:
+        self.table = table
+        self.attempts = attempts
+        self.last_error = last_error
+        self.rows = list(rows)
+        self.replay_path = replay_path
+        where = f"; batch saved to {replay_path}" if replay_path else ""
+        super().__init__(
+            f"MERGE into {table!r} failed after {attempts} attempt(s): {last_error}{where}"
+        )

@@ -1,0 +1,103 @@
+"""Lease stores behind one interface, chosen by URL scheme (as tooz does)."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from ..errors import ConfigError
+from .base import AcquireResult, Holder, LeaseStore, PollingWaiter, ReleaseWaiter, fence_seed
+from .memory import MemoryStore
+
+if TYPE_CHECKING:
+    from .firestore_store import FirestoreStore
+    from .redis_store import RedisStore
+    from .sqlite_store import SQLiteStore
+
+__all__ = [
+    "SUPPORTED_SCHEMES",
+    "AcquireResult",
+    "FirestoreStore",
+    "Holder",
+    "LeaseStore",
+    "MemoryStore",
+    "PollingWaiter",
+    "RedisStore",
+    "ReleaseWaiter",
+    "SQLiteStore",
+    "fence_seed",
+    "open_store",
+]
+
+SUPPORTED_SCHEMES = ("redis", "rediss", "firestore", "sqlite", "memory")
+
+_LAZY = {
+    "RedisStore": ".redis_store",
+    "FirestoreStore": ".firestore_store",
+    "SQLiteStore": ".sqlite_store",
+}
+
+_memory_stores: dict[str, MemoryStore] = {}
+_memory_lock = threading.Lock()
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _bad(url: object, why: str) -> ConfigError:
+    schemes = ", ".join(f"{s}://" for s in SUPPORTED_SCHEMES)
+    return ConfigError(f"bad store URL {url!r}: {why} (supported schemes: {schemes})")
+
+
+def open_store(url: str) -> LeaseStore:
+    """Open the lease store a URL names.
+
+    ``redis://host:port/db`` and ``rediss://``, ``firestore://PROJECT[/COLLECTION]``,
+    ``sqlite:///path/to/leases.db``, ``memory://[NAME]`` (one shared store per name in
+    this process).
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise _bad(url, "expected a non-empty string")
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError as exc:
+        raise _bad(url, str(exc)) from None
+    scheme = parts.scheme.lower()
+    if scheme not in SUPPORTED_SCHEMES or "://" not in url:
+        raise _bad(url, f"unknown scheme {parts.scheme!r}" if parts.scheme else "no scheme")
+    if scheme == "memory":
+        name = (parts.netloc + parts.path).strip("/")
+        with _memory_lock:
+            return _memory_stores.setdefault(name, MemoryStore())
+    if scheme == "sqlite":
+        if not parts.path or parts.path == "/":
+            raise _bad(url, "sqlite needs a file path, e.g. sqlite:///tmp/leases.db")
+        from .sqlite_store import SQLiteStore
+
+        return SQLiteStore(parts.path)
+    if scheme in ("redis", "rediss"):
+        if not parts.hostname:
+            raise _bad(url, "redis needs a host, e.g. redis://127.0.0.1:6379/0")
+        try:
+            _ = parts.port
+        except ValueError as exc:
+            raise _bad(url, str(exc)) from None
+        from .redis_store import RedisStore
+
+        return RedisStore.from_url(url)
+    # firestore://PROJECT[/COLLECTION]
+    project = parts.netloc
+    collection = parts.path.strip("/")
+    if not project:
+        raise _bad(url, "firestore needs a project, e.g. firestore://my-project")
+    if "/" in collection:
+        raise _bad(url, "firestore takes one collection name after the project")
+    from .firestore_store import FirestoreStore
+
+    return FirestoreStore.from_project(project, collection or None)

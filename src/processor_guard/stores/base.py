@@ -1,0 +1,139 @@
+"""The interface every lease store implements, and the fence-seeding rule they share."""
+
+from __future__ import annotations
+
+import random
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import ClassVar
+
+__all__ = [
+    "AcquireResult",
+    "Holder",
+    "LeaseStore",
+    "PollingWaiter",
+    "ReleaseWaiter",
+    "fence_seed",
+]
+
+
+def fence_seed(server_time_seconds: float) -> int:
+    """Lowest fence a store may hand out when it has no record of a key: server time in µs.
+
+    A store that lost its records (Redis restarted without data, a Firestore TTL
+    clean-up) restarts its counter here. No store hands out more than one fence per
+    microsecond, so a seed taken later is above every fence handed out before.
+    """
+    return int(server_time_seconds * 1_000_000)
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a key, with which fence, and how long the store gives them (seconds)."""
+
+    key: str
+    owner: str
+    fence: int
+    remaining: float | None
+
+
+@dataclass(frozen=True)
+class AcquireResult:
+    """Outcome of one acquisition attempt: a fence when acquired, the holder when busy."""
+
+    acquired: bool
+    fence: int | None = None
+    holder: Holder | None = None
+
+
+class ReleaseWaiter(ABC):
+    """Waits for a release notice on one key; used between acquisition attempts."""
+
+    def __enter__(self) -> ReleaseWaiter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @abstractmethod
+    def wait(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds; True when woken by a release notice."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook; most waiters hold nothing
+        """Stop listening for release notices."""
+
+
+class PollingWaiter(ReleaseWaiter):
+    """A waiter for stores without release notices: it simply sleeps the timeout."""
+
+    def __init__(self, sleep: Callable[[float], None] = time.sleep) -> None:
+        self._sleep = sleep
+
+    def wait(self, timeout: float) -> bool:
+        if timeout > 0:
+            self._sleep(timeout)
+        return False
+
+
+class LeaseStore(ABC):
+    """A place that hands out leases with fences; one record per key.
+
+    A lease is identified by ``(owner, fence)``: renew and release act only when both
+    match what the store holds, so a stale holder can never touch its successor.
+    Every method raises :class:`~processor_guard.errors.StoreUnavailable` when the
+    store cannot be reached; none of them reads "unreachable" as "held" or "free".
+    """
+
+    scheme: ClassVar[str] = ""
+
+    @abstractmethod
+    def try_acquire(self, key: str, owner: str, ttl: float) -> AcquireResult:
+        """Take ``key`` for ``ttl`` seconds if free or expired; the new fence is strictly
+        greater than every fence handed out for ``key`` before."""
+
+    @abstractmethod
+    def renew(self, key: str, owner: str, fence: int, ttl: float) -> bool:
+        """Extend the lease to ``ttl`` seconds from now; False when it is no longer ours."""
+
+    @abstractmethod
+    def release(self, key: str, owner: str, fence: int) -> bool:
+        """Free the lease if it is still ours; idempotent; True when this call freed it."""
+
+    @abstractmethod
+    def holder(self, key: str) -> Holder | None:
+        """The live holder of ``key``, or None when free or expired."""
+
+    @abstractmethod
+    def holders(self) -> list[Holder]:
+        """Every live holder in this store."""
+
+    @abstractmethod
+    def break_lease(self, key: str) -> int:
+        """Free ``key`` whoever holds it and raise its fence; returns the raised fence.
+
+        The old holder's writes carry a lower fence from then on and are refused.
+        """
+
+    def release_waiter(self, key: str) -> ReleaseWaiter:
+        """A waiter woken when ``key`` is released (stores without notices poll)."""
+        return PollingWaiter()
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing
+        """Release client resources owned by this store."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}>"
+
+
+def jittered(base: float, cap: float, attempt: int, rng: random.Random | None = None) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt)]."""
+    upper = min(cap, base * (2 ** min(attempt, 30)))
+    return (rng or random).uniform(0, upper)
