@@ -381,12 +381,11 @@ class _Keeper:
         finally:
             self._inflight.discard(id(lease))
         if follow is not None:
+            # The lease's single "expire" task re-arms itself at the moved deadline.
             self._schedule(follow, "renew", lease)
-            self._schedule(lease._deadline, "expire", lease)
 
 
 _keeper = _Keeper()
-_live_leases: weakref.WeakSet[Lease] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
@@ -500,7 +499,6 @@ def _acquire(
                     hooks=hooks,
                 )
                 _keeper.add(lease)
-                _live_leases.add(lease)
                 lease._emit("acquired")
                 log.debug("acquired %s as %s with fence %s", key, owner, lease.fence)
                 return lease
