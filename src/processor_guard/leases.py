@@ -8,6 +8,7 @@ import functools
 import heapq
 import itertools
 import logging
+import math
 import os
 import random
 import re
@@ -175,6 +176,7 @@ class Lease:
         self._hooks = hooks
         self._pid = os.getpid()
         self._released = False
+        self._last_renew_error: BaseException | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -196,7 +198,7 @@ class Lease:
         if self._pid != os.getpid():
             raise LeaseLost(self.key, self.owner, self.fence, "lease belongs to the parent process")
         if not self.lost.is_set() and self._clock() >= self._deadline and not self._released:
-            self._mark_lost("deadline passed without a successful renewal")
+            self._mark_lost(self._expiry_reason())
         if self.lost.is_set():
             raise LeaseLost(self.key, self.owner, self.fence, self.lost_reason)
         left = self.remaining
@@ -217,9 +219,10 @@ class Lease:
         try:
             ok = self.store.renew(self.key, self.owner, self.fence, self.ttl)
         except Exception as exc:
+            self._last_renew_error = exc
             now = self._clock()
             if now >= self._deadline:
-                self._mark_lost(f"store unreachable until the deadline: {exc!r}")
+                self._mark_lost(self._expiry_reason())
                 return None
             level = logging.WARNING if isinstance(exc, GuardError) else logging.ERROR
             log.log(
@@ -246,7 +249,13 @@ class Lease:
 
     def _expire_if_due(self) -> None:
         if self.active and self._clock() >= self._deadline:
-            self._mark_lost("deadline passed without a successful renewal")
+            self._mark_lost(self._expiry_reason())
+
+    def _expiry_reason(self) -> str:
+        reason = "deadline passed without a successful renewal"
+        if self._last_renew_error is not None:
+            reason += f" (store unreachable; last error: {self._last_renew_error!r})"
+        return reason
 
     def _mark_lost(self, reason: str) -> None:
         with self._lock:
@@ -418,7 +427,7 @@ def date_lock(
     """Hold the lease for (scope, game_date) for the ``with`` block, renewing it."""
     key = lease_key(scope, game_date)
     day = parse_game_date(game_date)
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < math.inf:
         raise ConfigError(f"ttl must be a number of seconds > 0, got {ttl!r}")
     if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0:
         raise ConfigError(f"wait must be a number of seconds >= 0, got {wait!r}")
@@ -454,7 +463,7 @@ def date_lock(
         _current.reset(token)
         lost = lease.lost.is_set()
         if not lost and body_ok and lease._clock() >= lease._deadline:
-            lease._mark_lost("deadline passed without a successful renewal")
+            lease._mark_lost(lease._expiry_reason())
             lost = True
         lease._release()
         if lost and body_ok:
