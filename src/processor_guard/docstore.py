@@ -1,0 +1,255 @@
+"""A Firestore-compatible document client on one SQLite file, for local runs and the demo.
+
+It implements the small part of ``google.cloud.firestore.Client`` that
+:class:`~processor_guard.completion.CompletionTracker` uses (``collection().document()``,
+``get``, ``create``, ``update`` with a ``last_update_time`` precondition,
+``write_option``), with the same optimistic-write semantics: ``create`` fails with
+``AlreadyExists`` when the document exists, and an ``update`` whose precondition no
+longer holds fails with ``FailedPrecondition``. Each write is one ``BEGIN IMMEDIATE``
+transaction, so it is atomic across processes on one machine (not across machines).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime as dt
+import pickle
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from google.api_core import exceptions as gexc
+
+from .errors import ConfigError
+
+__all__ = ["SQLiteDocumentClient"]
+
+_SCHEMA = "CREATE TABLE IF NOT EXISTS docs (path TEXT PRIMARY KEY, data BLOB, update_us INTEGER)"
+
+
+def _utc(us: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(us / 1_000_000, dt.timezone.utc)
+
+
+def _us(value: dt.datetime) -> int:
+    delta = value - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _resolve(value: Any, now: dt.datetime) -> Any:
+    from google.cloud import firestore
+
+    if value is firestore.SERVER_TIMESTAMP:
+        return now
+    if isinstance(value, dict):
+        return {k: _resolve(v, now) for k, v in value.items() if v is not firestore.DELETE_FIELD}
+    if isinstance(value, list):
+        return [_resolve(v, now) for v in value]
+    return value
+
+
+def _split_path(field_path: str) -> list[str]:
+    """``a.b`` -> [a, b]; backquoted segments (FieldPath.to_api_repr) keep their dots."""
+    parts: list[str] = []
+    i = 0
+    while i < len(field_path):
+        if field_path[i] == "`":
+            j = i + 1
+            seg = []
+            while j < len(field_path) and field_path[j] != "`":
+                if field_path[j] == "\\" and j + 1 < len(field_path):
+                    j += 1
+                seg.append(field_path[j])
+                j += 1
+            parts.append("".join(seg))
+            i = j + 2  # closing backquote and the dot after it
+        else:
+            j = field_path.find(".", i)
+            j = len(field_path) if j < 0 else j
+            parts.append(field_path[i:j])
+            i = j + 1
+    return parts
+
+
+@dataclass(frozen=True)
+class _Precondition:
+    last_update_time: dt.datetime
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """The server time of a write."""
+
+    update_time: dt.datetime
+
+
+class DocumentSnapshot:
+    """A document as read: ``exists``, ``to_dict()``, ``read_time``, ``update_time``."""
+
+    def __init__(
+        self,
+        reference: DocumentReference,
+        data: dict[str, Any] | None,
+        read_time: dt.datetime,
+        update_time: dt.datetime | None,
+    ) -> None:
+        self.reference = reference
+        self.id = reference.id
+        self.exists = data is not None
+        self._data = data
+        self.read_time = read_time
+        self.update_time = update_time
+
+    def to_dict(self) -> dict[str, Any] | None:
+        return copy.deepcopy(self._data)
+
+
+class DocumentReference:
+    """One document of a collection."""
+
+    def __init__(self, client: SQLiteDocumentClient, collection: str, doc_id: str) -> None:
+        self._client = client
+        self.id = doc_id
+        self.path = f"{collection}/{doc_id}"
+
+    def get(self, *args: Any, **kwargs: Any) -> DocumentSnapshot:
+        with self._client._tx(write=False) as (db, now_us):
+            row = db.execute(
+                "SELECT data, update_us FROM docs WHERE path = ?", (self.path,)
+            ).fetchone()
+        if row is None:
+            return DocumentSnapshot(self, None, _utc(now_us), None)
+        return DocumentSnapshot(self, pickle.loads(row[0]), _utc(now_us), _utc(row[1]))
+
+    def create(self, document_data: dict[str, Any], *args: Any, **kwargs: Any) -> WriteResult:
+        with self._client._tx(write=True) as (db, now_us):
+            if db.execute("SELECT 1 FROM docs WHERE path = ?", (self.path,)).fetchone():
+                raise gexc.AlreadyExists(f"Document already exists: {self.path}")  # type: ignore[no-untyped-call]
+            data = _resolve(dict(document_data), _utc(now_us))
+            db.execute(
+                "INSERT INTO docs (path, data, update_us) VALUES (?, ?, ?)",
+                (self.path, pickle.dumps(data), now_us),
+            )
+        return WriteResult(_utc(now_us))
+
+    def set(self, document_data: dict[str, Any], *args: Any, **kwargs: Any) -> WriteResult:
+        with self._client._tx(write=True) as (db, now_us):
+            data = _resolve(dict(document_data), _utc(now_us))
+            db.execute(
+                "INSERT OR REPLACE INTO docs (path, data, update_us) VALUES (?, ?, ?)",
+                (self.path, pickle.dumps(data), now_us),
+            )
+        return WriteResult(_utc(now_us))
+
+    def update(
+        self, field_updates: dict[str, Any], option: _Precondition | None = None, **kwargs: Any
+    ) -> WriteResult:
+        from google.cloud import firestore
+
+        with self._client._tx(write=True) as (db, now_us):
+            row = db.execute(
+                "SELECT data, update_us FROM docs WHERE path = ?", (self.path,)
+            ).fetchone()
+            if row is None:
+                raise gexc.NotFound(f"No document to update: {self.path}")  # type: ignore[no-untyped-call]
+            if option is not None and _us(option.last_update_time) != row[1]:
+                raise gexc.FailedPrecondition(f"update_time precondition failed: {self.path}")  # type: ignore[no-untyped-call]
+            data: dict[str, Any] = pickle.loads(row[0])
+            now = _utc(now_us)
+            for field_path, value in field_updates.items():
+                *parents, leaf = _split_path(field_path)
+                target = data
+                for name in parents:
+                    nxt = target.get(name)
+                    if not isinstance(nxt, dict):
+                        nxt = target[name] = {}
+                    target = nxt
+                if value is firestore.DELETE_FIELD:
+                    target.pop(leaf, None)
+                else:
+                    target[leaf] = _resolve(value, now)
+            db.execute(
+                "UPDATE docs SET data = ?, update_us = ? WHERE path = ?",
+                (pickle.dumps(data), now_us, self.path),
+            )
+        return WriteResult(now)
+
+
+class CollectionReference:
+    """A named collection; documents are created on first write."""
+
+    def __init__(self, client: SQLiteDocumentClient, name: str) -> None:
+        self._client = client
+        self.id = name
+
+    def document(self, doc_id: str) -> DocumentReference:
+        return DocumentReference(self._client, self.id, doc_id)
+
+    def stream(self, *args: Any, **kwargs: Any) -> Iterator[DocumentSnapshot]:
+        with self._client._tx(write=False) as (db, now_us):
+            rows = db.execute(
+                "SELECT path, data, update_us FROM docs WHERE path LIKE ? ORDER BY path",
+                (f"{self.id}/%",),
+            ).fetchall()
+        for path, data, update_us in rows:
+            ref = self.document(path.split("/", 1)[1])
+            yield DocumentSnapshot(ref, pickle.loads(data), _utc(now_us), _utc(update_us))
+
+
+class SQLiteDocumentClient:
+    """Firestore-like documents in one SQLite file; safe across processes on one machine."""
+
+    def __init__(self, path: str | Path) -> None:
+        if not str(path):
+            raise ConfigError("SQLiteDocumentClient needs a file path")
+        self.path = str(path)
+        self._local = threading.local()
+        self._last_us = 0
+        with self._tx(write=True):
+            pass
+
+    def collection(self, name: str) -> CollectionReference:
+        if not name or "/" in name:
+            raise ConfigError(f"collection must be a non-empty name without '/': {name!r}")
+        return CollectionReference(self, name)
+
+    def write_option(self, *, last_update_time: dt.datetime) -> _Precondition:
+        return _Precondition(last_update_time)
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(_SCHEMA)
+            self._local.db = db
+        return db
+
+    @contextlib.contextmanager
+    def _tx(self, *, write: bool) -> Iterator[tuple[sqlite3.Connection, int]]:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            # Server time: strictly increasing per client so update times are unique;
+            # writes from other processes are ordered by the file lock.
+            now_us = max(time.time_ns() // 1000, self._last_us + 1)
+            if write:
+                top = db.execute("SELECT MAX(update_us) FROM docs").fetchone()[0]
+                now_us = max(now_us, (top or 0) + 1)
+                self._last_us = now_us
+            yield db, now_us
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
