@@ -19,8 +19,8 @@ import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from .errors import ConfigError, GuardError, LeaseLost, LockBusy
 from .stores import LeaseStore, open_store
@@ -284,12 +284,14 @@ class Lease:
                 log.exception("%s hook for %s raised", event, self.key)
 
     def _release(self) -> None:
+        if self._pid != os.getpid():
+            # A forked child never releases its parent's lease, nor takes its lock
+            # (another thread may have held it at the fork).
+            return
         with self._lock:
             if self._released:
                 return
             self._released = True
-        if self._pid != os.getpid():
-            return  # a forked child never releases its parent's lease
         try:
             freed = self.store.release(self.key, self.owner, self.fence)
         except Exception as exc:
@@ -311,12 +313,15 @@ class Lease:
 # --------------------------------------------------------------------------- keeper
 
 
-@dataclass(order=True)
-class _Task:
+class _Task(NamedTuple):
+    # A tuple so heap comparisons run in C; seq is unique, so kind/lease never compare.
     when: float
     seq: int
-    kind: str = field(compare=False)
-    lease: weakref.ref[Lease] = field(compare=False)
+    kind: str
+    lease: weakref.ref[Lease]
+
+
+_COMPACT_MIN = 1024
 
 
 class _Keeper:
@@ -326,8 +331,9 @@ class _Keeper:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
         self._heap: list[_Task] = []
+        self._compact_at = _COMPACT_MIN
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -335,17 +341,34 @@ class _Keeper:
 
     def add(self, lease: Lease) -> None:
         ref = weakref.ref(lease)
+        now = self._clock()
+        renew = _Task(now + lease.ttl / 3, next(self._seq), "renew", ref)
+        expire = _Task(self._at(lease, lease._deadline, now), next(self._seq), "expire", ref)
         with self._cond:
-            heapq.heappush(
-                self._heap, _Task(self._clock() + lease.ttl / 3, next(self._seq), "renew", ref)
-            )
-            heapq.heappush(self._heap, _Task(lease._deadline, next(self._seq), "expire", ref))
+            if len(self._heap) > self._compact_at:
+                self._compact()
+            heap = self._heap
+            heapq.heappush(heap, renew)
+            heapq.heappush(heap, expire)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="processor_guard-keeper", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            # Wake the keeper only when it must wake earlier than planned: short leases
+            # in a loop would otherwise cost a thread switch per acquisition.
+            if heap[0] is renew or heap[0] is expire:
+                self._cond.notify()
+
+    def _at(self, lease: Lease, when: float, now: float | None = None) -> float:
+        """A time on the lease's clock as a time on the keeper's (they differ in tests)."""
+        return (self._clock() if now is None else now) + (when - lease._clock())
+
+    def _compact(self) -> None:
+        """Drop tasks of released or lost leases (caller holds the lock)."""
+        self._heap = [t for t in self._heap if (lease := t.lease()) is not None and lease.active]
+        heapq.heapify(self._heap)
+        self._compact_at = max(_COMPACT_MIN, 2 * len(self._heap))
 
     def _schedule(self, when: float, kind: str, lease: Lease) -> None:
         with self._cond:
@@ -369,7 +392,7 @@ class _Keeper:
                 if task.kind == "expire":
                     lease._expire_if_due()
                     if lease.active:
-                        self._schedule(lease._deadline, "expire", lease)
+                        self._schedule(self._at(lease, lease._deadline), "expire", lease)
                 elif id(lease) not in self._inflight:
                     self._inflight.add(id(lease))
                     if self._pool is None:
@@ -391,7 +414,7 @@ class _Keeper:
             self._inflight.discard(id(lease))
         if follow is not None:
             # The lease's single "expire" task re-arms itself at the moved deadline.
-            self._schedule(follow, "renew", lease)
+            self._schedule(self._at(lease, follow), "renew", lease)
 
 
 _keeper = _Keeper()
@@ -425,8 +448,9 @@ def date_lock(
     sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[Lease]:
     """Hold the lease for (scope, game_date) for the ``with`` block, renewing it."""
-    key = lease_key(scope, game_date)
+    the_scope = _check_scope(scope)
     day = parse_game_date(game_date)
+    key = f"{the_scope}:{day.isoformat()}"
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < math.inf:
         raise ConfigError(f"ttl must be a number of seconds > 0, got {ttl!r}")
     if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0:
