@@ -1,0 +1,383 @@
+"""Duplicate detection and the daily health check, against the team's alert thresholds.
+
+Thresholds (pipeline-facts.md): any duplicate key is critical; completion accuracy
+(document vs data) below 95% is critical; a trigger more than 30 minutes after the
+last completion is a warning (critical while it is still unpublished); a scraper's
+first run more than 4 hours after its expected time is a warning (critical while it
+has not run at all). A signal without data is reported as ``unknown``, never as ok.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+from .completion import DEFAULT_LATENESS_HOURS, scraper_lateness
+from .errors import ConfigError
+from .leases import parse_game_date
+from .tables import TABLES, TableSpec
+
+if TYPE_CHECKING:
+    from .completion import CompletionTracker, ReconcileReport
+    from .warehouse import Warehouse
+
+__all__ = [
+    "BIGQUERY_ENDPOINT_ENV",
+    "CRITICAL",
+    "OK",
+    "UNKNOWN",
+    "WARNING",
+    "Check",
+    "DuplicateKey",
+    "HealthReport",
+    "Thresholds",
+    "WarehouseSource",
+    "as_source",
+    "count_rows",
+    "find_duplicates",
+    "open_warehouse",
+    "run_health",
+]
+
+OK, WARNING, CRITICAL, UNKNOWN = "ok", "warning", "critical", "unknown"
+_RANK = {OK: 0, UNKNOWN: 0, WARNING: 1, CRITICAL: 2}
+BIGQUERY_ENDPOINT_ENV = "PROCESSOR_GUARD_BIGQUERY_ENDPOINT"
+
+
+@dataclass(frozen=True)
+class DuplicateKey:
+    """One key held by more than one row: the key's column values and the row count."""
+
+    key: dict[str, Any]
+    count: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": {k: _jsonable(v) for k, v in self.key.items()}, "count": self.count}
+
+
+@dataclass(frozen=True)
+class WarehouseSource:
+    """A warehouse adapter plus the dataset (BigQuery) its tables live in."""
+
+    warehouse: Warehouse
+    dataset: str | None = None
+
+    def table(self, spec: TableSpec) -> str:
+        """The table name to query for ``spec``."""
+        return f"{self.dataset}.{spec.name}" if self.dataset else spec.name
+
+    def close(self) -> None:
+        self.warehouse.close()
+
+
+def as_source(obj: Any, *, dataset: str | None = None) -> WarehouseSource:
+    """A WarehouseSource from one, a Warehouse, a BigQuery client, a DuckDB connection or path."""
+    if isinstance(obj, WarehouseSource):
+        return obj if dataset is None else WarehouseSource(obj.warehouse, dataset)
+    from .warehouse import as_warehouse
+
+    return WarehouseSource(as_warehouse(obj), dataset)
+
+
+def open_warehouse(url: str) -> WarehouseSource:
+    """Open ``duckdb:///path/to/file.db`` or ``bigquery://PROJECT/DATASET``.
+
+    For BigQuery, ``?endpoint=http://127.0.0.1:9050`` (or $PROCESSOR_GUARD_BIGQUERY_ENDPOINT)
+    points the client at an emulator with anonymous credentials.
+    """
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigError(
+            f"bad warehouse URL {url!r}: use duckdb:///path/to/file.db or bigquery://PROJECT/DATASET"
+        )
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "duckdb":
+        path = parts.path
+        if parts.netloc:
+            path = f"{parts.netloc}{path}"
+        if not path or path == "/":
+            raise ConfigError(f"bad warehouse URL {url!r}: duckdb needs a file path")
+        if not Path(path).is_file():
+            raise ConfigError(f"DuckDB file {path!r} does not exist")
+        from .warehouse import DuckDBWarehouse
+
+        return WarehouseSource(DuckDBWarehouse(path))
+    if scheme == "bigquery":
+        project, dataset = parts.netloc, parts.path.strip("/")
+        if not project or not dataset or "/" in dataset:
+            raise ConfigError(f"bad warehouse URL {url!r}: use bigquery://PROJECT/DATASET")
+        query_endpoint = parse_qs(parts.query).get("endpoint") or [""]
+        endpoint = query_endpoint[0] or os.environ.get(BIGQUERY_ENDPOINT_ENV)
+        from google.cloud import bigquery
+
+        if endpoint:
+            from google.api_core.client_options import ClientOptions
+            from google.auth.credentials import AnonymousCredentials
+
+            client = bigquery.Client(
+                project=project,
+                credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+                client_options=ClientOptions(api_endpoint=endpoint),
+            )
+        else:
+            client = bigquery.Client(project=project)
+        from .warehouse import BigQueryWarehouse
+
+        return WarehouseSource(BigQueryWarehouse(client), dataset)
+    raise ConfigError(
+        f"bad warehouse URL {url!r}: unknown scheme {parts.scheme!r} (duckdb://, bigquery://)"
+    )
+
+
+def _spec(table_spec: TableSpec | str) -> TableSpec:
+    if isinstance(table_spec, TableSpec):
+        return table_spec
+    if isinstance(table_spec, str) and table_spec in TABLES:
+        return TABLES[table_spec]
+    raise ConfigError(f"unknown table {table_spec!r} (known: {', '.join(sorted(TABLES))})")
+
+
+def count_rows(
+    client: Any, table_spec: TableSpec | str, game_date: object, *, dataset: str | None = None
+) -> int:
+    """Rows of the table for one game date; 0 when the table does not exist."""
+    spec = _spec(table_spec)
+    day = parse_game_date(game_date)
+    src = as_source(client, dataset=dataset)
+    table = src.table(spec)
+    if not src.warehouse.table_exists(table):
+        return 0
+    return src.warehouse.count_rows(table, spec.partition_field, day)
+
+
+def find_duplicates(
+    client: Any,
+    table_spec: TableSpec | str,
+    game_date: object,
+    *,
+    dataset: str | None = None,
+    limit: int = 10_000,
+) -> list[DuplicateKey]:
+    """Keys of ``table_spec`` held by more than one row on ``game_date``, worst first.
+
+    ``client``: a BigQuery client (pass ``dataset``), a DuckDB connection or file path,
+    a :class:`~processor_guard.warehouse.Warehouse` or a :class:`WarehouseSource`.
+    A missing table has no duplicates.
+    """
+    spec = _spec(table_spec)
+    day = parse_game_date(game_date)
+    src = as_source(client, dataset=dataset)
+    table = src.table(spec)
+    if not src.warehouse.table_exists(table):
+        return []
+    rows = src.warehouse.duplicate_keys(table, spec.keys, spec.partition_field, day, limit=limit)
+    return [DuplicateKey({k: row[k] for k in spec.keys}, int(row["row_count"])) for row in rows]
+
+
+# --------------------------------------------------------------------------- health check
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The alert thresholds of pipeline-facts.md."""
+
+    max_duplicate_keys: int = 0
+    min_accuracy: float = 0.95
+    max_trigger_delay_minutes: float = 30.0
+    max_scraper_late_hours: float = DEFAULT_LATENESS_HOURS
+
+
+@dataclass(frozen=True)
+class Check:
+    """One signal: its name, status (ok/warning/critical/unknown), value and a short detail."""
+
+    name: str
+    status: str
+    value: Any
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "value": _jsonable(self.value),
+            "detail": self.detail,
+        }
+
+
+@dataclass
+class HealthReport:
+    """Every check for a date; ``exit_code`` is 0 ok, 1 warning, 2 critical."""
+
+    game_date: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        worst = max((_RANK[c.status] for c in self.checks), default=0)
+        return {0: OK, 1: WARNING, 2: CRITICAL}[worst]
+
+    @property
+    def exit_code(self) -> int:
+        return _RANK[self.status]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "game_date": self.game_date,
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "checks": [c.to_dict() for c in self.checks],
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
+def run_health(
+    game_date: object,
+    *,
+    tracker: CompletionTracker | None = None,
+    warehouse: Any = None,
+    tables: Sequence[TableSpec] | Mapping[str, TableSpec] | None = None,
+    scraper_expected: dt.datetime | None = None,
+    scraper_first_run: dt.datetime | None = None,
+    thresholds: Thresholds | None = None,
+    now: dt.datetime | None = None,
+) -> HealthReport:
+    """Check one date: duplicates per table, completion accuracy, trigger delay, lateness.
+
+    Reads only; nothing is written or published. Without a tracker the completion
+    signals are ``unknown``; without a warehouse the data signals are; without an
+    expected scraper time the lateness is.
+    """
+    day = parse_game_date(game_date)
+    limits = thresholds or Thresholds()
+    moment = now or dt.datetime.now(dt.timezone.utc)
+    report = HealthReport(day.isoformat())
+    if tables is None:
+        names = tracker.expected if tracker is not None else tuple(TABLES)
+        specs = {n: _spec(n) for n in names}
+    elif isinstance(tables, Mapping):
+        specs = dict(tables)
+    else:
+        specs = {s.name: s for s in tables}
+
+    source = as_source(warehouse) if warehouse is not None else None
+    recon: ReconcileReport | None = None
+    if tracker is not None and source is not None:
+        recon = tracker.reconcile(day, source, dry_run=True, tables=specs)
+
+    # duplicates and rows per table
+    for processor, spec in specs.items():
+        name = f"duplicates:{spec.name}"
+        if source is None:
+            report.checks.append(Check(name, UNKNOWN, None, "no warehouse given"))
+            continue
+        if not source.warehouse.table_exists(source.table(spec)):
+            report.checks.append(Check(name, CRITICAL, None, "table does not exist"))
+            continue
+        found = next((t for t in recon.tables if t.processor == processor), None) if recon else None
+        if found is not None:
+            dup_keys, dup_rows, rows = found.duplicate_keys, found.duplicate_rows, found.rows
+        else:
+            dups = find_duplicates(source, spec, day)
+            dup_keys, dup_rows = len(dups), sum(d.count - 1 for d in dups)
+            rows = count_rows(source, spec, day)
+        status = CRITICAL if dup_keys > limits.max_duplicate_keys else OK
+        detail = f"{rows} rows, {dup_keys} duplicate key(s), {dup_rows} extra row(s)"
+        if rows == 0 and status == OK:
+            detail = "no rows for this date"
+        report.checks.append(Check(name, status, dup_keys, detail))
+
+    # completion accuracy (document vs data)
+    if recon is None:
+        missing = "no completion store" if tracker is None else "no warehouse"
+        report.checks.append(Check("completion_accuracy", UNKNOWN, None, f"{missing} given"))
+    else:
+        acc = recon.accuracy
+        wrong = [t.processor for t in recon.tables if t.doc_complete != t.data_present]
+        status = OK if acc >= 1.0 else (WARNING if acc >= limits.min_accuracy else CRITICAL)
+        detail = (
+            f"document {recon.count_before}/{len(recon.tables)} complete, data "
+            f"{sum(t.data_present for t in recon.tables)}/{len(recon.tables)}"
+        )
+        if wrong:
+            detail += f"; disagree: {', '.join(wrong)}"
+        if recon.stored_count is not None and recon.stored_count != recon.count_before:
+            status = CRITICAL
+            detail += f"; stored count {recon.stored_count} != derived {recon.count_before}"
+        report.checks.append(Check("completion_accuracy", status, round(acc, 4), detail))
+
+    # trigger delay after the last completion
+    if tracker is None:
+        report.checks.append(Check("trigger_delay", UNKNOWN, None, "no completion store given"))
+    else:
+        report.checks.append(_trigger_check(tracker, day, limits, moment))
+
+    # scraper lateness
+    if scraper_expected is None:
+        report.checks.append(
+            Check("scraper_lateness", UNKNOWN, None, "no expected scraper time given")
+        )
+    else:
+        late = scraper_lateness(
+            scraper_expected,
+            scraper_first_run,
+            threshold_hours=limits.max_scraper_late_hours,
+            now=moment,
+        )
+        status = OK if not late.alert else (WARNING if late.ran else CRITICAL)
+        ran = "first run" if late.ran else "not run yet"
+        detail = f"{ran}, {late.hours_late:.1f} h after expected {late.expected_at.isoformat()}"
+        report.checks.append(Check("scraper_lateness", status, round(late.hours_late, 2), detail))
+    return report
+
+
+def _trigger_check(
+    tracker: CompletionTracker, day: dt.date, limits: Thresholds, now: dt.datetime
+) -> Check:
+    state = tracker.state(day)
+    limit_s = limits.max_trigger_delay_minutes * 60
+    name = "trigger_delay"
+    if not state.exists:
+        return Check(name, UNKNOWN, None, "no completion document for this date")
+    if state.triggered and not state.message_id:
+        return Check(name, CRITICAL, None, "_triggered is set but nothing was published")
+    since = state.last_completion_at or state.satisfied_at
+    if state.triggered:
+        if since is None or state.triggered_at is None:
+            return Check(name, UNKNOWN, None, "triggered; completion times not recorded")
+        delay = max(0.0, (state.triggered_at - since).total_seconds())
+        status = WARNING if delay > limit_s else OK
+        return Check(name, status, round(delay / 60, 2), f"triggered {_minutes(delay)} after")
+    if not state.should_trigger:
+        return Check(name, OK, None, f"not due: {state.count}/{len(state.expected)} complete")
+    if since is None:
+        return Check(name, CRITICAL, None, "due but not triggered; completion time unknown")
+    waiting = max(0.0, (now - since).total_seconds())
+    status = CRITICAL if waiting > limit_s else WARNING
+    why = f": {state.publish_error}" if state.publish_error else ""
+    return Check(
+        name,
+        status,
+        round(waiting / 60, 2),
+        f"due {_minutes(waiting)} ago, not published{why}",
+    )
