@@ -787,6 +787,11 @@ class DuckDBWarehouse(Warehouse):
     def quote_table(self, table: str) -> str:
         return ".".join(f'"{p}"' for p in self._parts(table))
 
+    def canonical(self, table: str) -> str:
+        """``schema.table`` (``main`` by default), or ``catalog.schema.table``."""
+        parts = self._parts(table)
+        return ".".join(parts if len(parts) > 1 else ["main", *parts])
+
     def fence_table(self, table: str) -> str:
         """The fence table in the target's schema."""
         return ".".join([*self._parts(table)[:-1], FENCE_TABLE])
@@ -844,7 +849,7 @@ class DuckDBWarehouse(Warehouse):
         rows = self.query(
             f"SELECT MAX(fence) AS fence FROM {self.quote_table(fence_name)} "
             "WHERE table_name = @t AND partition_value = @p",
-            {"t": table, "p": _partition_key(partition_value)},
+            {"t": self.canonical(table), "p": _partition_key(partition_value)},
         )
         value = rows[0]["fence"] if rows else None
         return None if value is None else int(value)
@@ -898,11 +903,11 @@ class DuckDBWarehouse(Warehouse):
                     stored = run(
                         f"SELECT MAX(fence) FROM {fence_q} WHERE table_name = ? "
                         f"AND partition_value IN ({marks})",
-                        [plan.table, *parts],
+                        [self.canonical(plan.table), *parts],
                     ).fetchone()[0]
                     if stored is not None and int(stored) > plan.fence:
                         raise StaleFence(
-                            plan.table, plan.fence, int(stored),
+                            self.canonical(plan.table), plan.fence, int(stored),
                             parts[0] if len(parts) == 1 else tuple(parts),
                         )  # fmt: skip
                     for part in parts:
@@ -910,7 +915,7 @@ class DuckDBWarehouse(Warehouse):
                             f"INSERT INTO {fence_q} VALUES (?, ?, ?, now()::TIMESTAMP) "
                             "ON CONFLICT (table_name, partition_value) DO UPDATE SET "
                             "fence = excluded.fence, updated_at = excluded.updated_at",
-                            [plan.table, part, plan.fence],
+                            [self.canonical(plan.table), part, plan.fence],
                         )
                 self._load_rows(cur, src, plan, statements)
                 on = " AND ".join(f"T.{k} = S.{k}" for k in plan.keys)

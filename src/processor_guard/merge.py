@@ -1,0 +1,333 @@
+"""``safe_merge``: dedup, validate, then one fenced MERGE that retries only conflicts.
+
+Never DELETE + INSERT: a write is a single MERGE keyed on the table's key, limited to
+the partition values in the batch, updating only the columns the batch carries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tenacity import (
+    RetryCallState,
+    RetryError,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from ._values import SUPPORTED_TYPES, coerce, to_json_value
+from .dedup import DedupReport, dedupe_rows
+from .errors import ConfigError, InvalidRows, MergeFailed
+from .leases import current_lease
+from .tables import TABLES
+from .warehouse import Column, MergeOutcome, MergePlan, Warehouse, as_warehouse
+
+__all__ = ["MergeResult", "safe_merge"]
+
+log = logging.getLogger(__name__)
+
+_ONE_SOURCE_ROW = re.compile(r"must match at most one source row", re.IGNORECASE)
+_warehouses: weakref.WeakKeyDictionary[Any, Warehouse] = weakref.WeakKeyDictionary()
+_path_warehouses: dict[str, Warehouse] = {}
+_cache_lock = threading.Lock()
+
+
+@dataclass
+class MergeResult:
+    """What ``safe_merge`` wrote.
+
+    ``skipped``: keys already stored with a newer ``order_by`` value, left as they were.
+    ``jobs``: warehouse jobs of the successful attempt (1 for a small batch).
+    """
+
+    table: str
+    inserted: int
+    updated: int
+    attempts: int
+    dedup: DedupReport
+    skipped: int = 0
+    fence: int | None = None
+    jobs: int = 0
+    bytes_sent: int = 0
+    path: str = ""
+
+
+def _warehouse_for(client: Any) -> Warehouse:
+    """One adapter per client, so the table schema is fetched once and cached."""
+    if isinstance(client, Warehouse):
+        return client
+    with _cache_lock:
+        if isinstance(client, (str, Path)):
+            key = str(client)
+            if key not in _path_warehouses:
+                _path_warehouses[key] = as_warehouse(client)
+            return _path_warehouses[key]
+        try:
+            found = _warehouses.get(client)
+        except TypeError:
+            return as_warehouse(client)
+        if found is None:
+            found = as_warehouse(client)
+            with contextlib.suppress(TypeError):
+                _warehouses[client] = found
+        return found
+
+
+def _table_keys(table: str) -> tuple[str, ...]:
+    spec = TABLES.get(table.rsplit(".", 1)[-1])
+    if spec is None:
+        raise ConfigError(f"keys= is required for {table!r} (not one of {sorted(TABLES)})")
+    return spec.keys
+
+
+def _validate(
+    wh: Warehouse,
+    table: str,
+    rows: Sequence[Mapping[str, Any]],
+    index_of: Mapping[int, int],
+    keys: tuple[str, ...],
+    partition_field: str | None,
+) -> tuple[tuple[Column, ...], list[dict[str, Any]]]:
+    """Rows converted to their column types; InvalidRows before anything is sent."""
+    schema = wh.schema(table)
+    by_name = {c.name: c for c in schema}
+    carried: set[str] = set()
+    for row in rows:
+        carried.update(row)
+    if carried - by_name.keys():
+        schema = wh.schema(table, refresh=True)  # the table may have gained columns
+        by_name = {c.name: c for c in schema}
+    for name in (*keys, *([partition_field] if partition_field else [])):
+        if name not in by_name:
+            raise ConfigError(f"table {table!r} has no column {name!r}")
+    columns = tuple(c for c in schema if c.name in carried)
+    required = [c.name for c in schema if c.required]
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        i = index_of.get(id(row), -1)
+        for name in row:
+            if name not in by_name:
+                raise InvalidRows(
+                    f"row {i}: column {name!r} is not in {table!r}", row_index=i, column=name
+                )
+        converted: dict[str, Any] = {}
+        for col in columns:
+            if col.name not in row:
+                raise InvalidRows(
+                    f"row {i} lacks column {col.name!r} that other rows carry "
+                    "(it would be written as NULL)",
+                    row_index=i,
+                    column=col.name,
+                )
+            if col.type not in SUPPORTED_TYPES:
+                raise InvalidRows(
+                    f"column {col.name!r} of type {col.type} cannot be written by safe_merge",
+                    row_index=i,
+                    column=col.name,
+                )
+            try:
+                converted[col.name] = coerce(row[col.name], col.type)
+            except (TypeError, ValueError, ArithmeticError) as exc:
+                raise InvalidRows(
+                    f"row {i}, column {col.name!r}: {row[col.name]!r} is not a valid "
+                    f"{col.type}: {exc}",
+                    row_index=i,
+                    column=col.name,
+                ) from exc
+        for name in required:
+            if converted.get(name) is None:
+                raise InvalidRows(
+                    f"row {i}: REQUIRED column {name!r} is missing or None",
+                    row_index=i,
+                    column=name,
+                )
+        if partition_field and converted.get(partition_field) is None:
+            raise InvalidRows(
+                f"row {i}: partition column {partition_field!r} is missing or None",
+                row_index=i,
+                column=partition_field,
+            )
+        out.append(converted)
+    seen: dict[tuple[Any, ...], int] = {}
+    for n, row in enumerate(out):
+        key = tuple(row[k] for k in keys)
+        if key in seen:
+            i = index_of.get(id(rows[n]), -1)
+            raise InvalidRows(
+                f"row {i} repeats key {key!r}: a MERGE source must hold one row per key",
+                row_index=i,
+            )
+        seen[key] = n
+    return columns, out
+
+
+def _default_replay_path(table: str) -> Path:
+    base = Path(os.environ.get("PROCESSOR_GUARD_REPLAY_DIR") or tempfile.gettempdir())
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", table)
+    return base / f"processor_guard-replay-{safe}-{stamp}-{uuid.uuid4().hex[:8]}.ndjson"
+
+
+def _write_replay(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            record = {c.name: to_json_value(row.get(c.name), c.type) for c in columns}
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def safe_merge(
+    client: Any,
+    table: str,
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    keys: Sequence[str] | None = None,
+    partition_field: str | None = "game_date",
+    fence: int | None = None,
+    order_by: str | None = "processed_at",
+    keep: str = "last",
+    only_newer: bool = True,
+    staging_threshold_bytes: int = 4_000_000,
+    staging_ttl: dt.timedelta = dt.timedelta(hours=1),
+    max_attempts: int = 6,
+    deadline: float = 120.0,
+    backoff_initial: float = 0.5,
+    backoff_max: float = 20.0,
+    sleep: Callable[[float], None] | None = None,
+    replay_path: str | os.PathLike[str] | None = None,
+) -> MergeResult:
+    """Dedup ``rows``, validate them, and MERGE them into ``table`` (never DELETE).
+
+    ``client``: a BigQuery client, a DuckDB connection or path, or a Warehouse.
+    ``fence=None`` takes the fence of ``current_lease()`` if any; with a fence the
+    MERGE runs in a transaction that rejects a stale fence (``StaleFence``).
+    ``only_newer``: keys already stored with a newer ``order_by`` value are not
+    overwritten. Retries only conflicts and transient errors (full-jitter exponential
+    backoff, at most ``max_attempts`` and ``deadline`` seconds); then ``MergeFailed``
+    with the batch written as NDJSON to ``replay_path``.
+    """
+    if not isinstance(table, str) or not table:
+        raise ConfigError(f"table must be a non-empty string: {table!r}")
+    key_cols = _table_keys(table) if keys is None else tuple(keys)
+    if isinstance(keys, str) or not key_cols:
+        raise ConfigError(f"keys must be a non-empty sequence of columns: {keys!r}")
+    if max_attempts < 1 or deadline <= 0:
+        raise ConfigError("max_attempts must be >= 1 and deadline > 0")
+    if fence is not None and (isinstance(fence, bool) or not isinstance(fence, int)):
+        raise ConfigError(f"fence must be an int: {fence!r}")
+    wh = _warehouse_for(client)
+    source = rows if isinstance(rows, list) else list(rows)
+    index_of = {id(r): i for i, r in enumerate(source)}
+    deduped, report = dedupe_rows(source, key_cols, order_by=order_by, keep=keep, copy=False)
+    lease = current_lease()
+    if fence is None and lease is not None:
+        fence = lease.fence
+    if not deduped:
+        return MergeResult(table, 0, 0, 0, report, fence=fence)
+    columns, converted = _validate(wh, table, deduped, index_of, key_cols, partition_field)
+    partitions: tuple[Any, ...] = ()
+    if partition_field:
+        partitions = tuple(sorted({r[partition_field] for r in converted}))
+    plan = MergePlan(
+        table=table,
+        keys=key_cols,
+        partition_field=partition_field,
+        columns=columns,
+        rows=converted,
+        partition_values=partitions,
+        fence=fence,
+        order_by=order_by if only_newer else None,
+        staging_threshold_bytes=staging_threshold_bytes,
+        staging_ttl=staging_ttl,
+    )
+
+    attempts = 0
+
+    def attempt() -> MergeOutcome:
+        nonlocal attempts
+        attempts += 1
+        if lease is not None:
+            lease.check()  # raises LeaseLost: never write after losing the lease
+        try:
+            return wh.merge(plan)
+        except Exception as exc:
+            if _ONE_SOURCE_ROW.search(str(exc)):
+                raise InvalidRows(
+                    f"the warehouse saw two source rows for one key in {table!r}: {exc}"
+                ) from exc
+            raise
+
+    def retryable(exc: BaseException) -> bool:
+        kind = wh.classify(exc)
+        return kind in ("conflict", "transient")
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "MERGE into %s attempt %d failed (%s), retrying: %s",
+            table,
+            state.attempt_number,
+            type(exc).__name__,
+            exc,
+        )
+
+    retrying = Retrying(
+        stop=stop_after_attempt(max_attempts) | stop_after_delay(deadline),
+        wait=wait_random_exponential(multiplier=backoff_initial, max=backoff_max),
+        retry=retry_if_exception(retryable),
+        sleep=sleep or time.sleep,
+        before_sleep=before_sleep,
+        reraise=False,
+    )
+    try:
+        outcome = retrying(attempt)
+    except RetryError as exc:
+        last = exc.last_attempt.exception()
+        path = Path(replay_path) if replay_path is not None else _default_replay_path(table)
+        try:
+            _write_replay(path, converted, columns)
+            written: str | None = str(path)
+        except OSError as write_exc:
+            log.error("could not write replay file %s: %r", path, write_exc)
+            written = None
+        raise MergeFailed(table, attempts, last, converted, written) from last
+
+    log.info(
+        "MERGE into %s: %d inserted, %d updated, %d skipped (fence %s, %d attempt(s), %s)",
+        table,
+        outcome.inserted,
+        outcome.updated,
+        outcome.skipped,
+        fence,
+        attempts,
+        outcome.path,
+    )
+    return MergeResult(
+        table=table,
+        inserted=outcome.inserted,
+        updated=outcome.updated,
+        attempts=attempts,
+        dedup=report,
+        skipped=outcome.skipped,
+        fence=fence,
+        jobs=outcome.jobs,
+        bytes_sent=outcome.bytes_sent,
+        path=outcome.path,
+    )
