@@ -1,0 +1,518 @@
+"""The ``processor-guard`` command: health, reconcile, locks (and the demo).
+
+Exit codes: ``health`` 0 ok, 1 warning, 2 critical; ``reconcile`` 0 nothing wrong (or
+everything repaired), 1 problems found or left; ``locks`` 0. Any command that cannot
+run (bad date, unknown table, unreachable store) prints one line on stderr and
+exits 3.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import getpass
+import importlib
+import json
+import logging
+import os
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import click
+
+from .errors import ConfigError, GuardError
+from .leases import STORE_ENV, parse_game_date
+
+log = logging.getLogger("processor_guard.cli")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_ERROR = 3
+WAREHOUSE_ENV = "PROCESSOR_GUARD_WAREHOUSE"
+COMPLETION_ENV = "PROCESSOR_GUARD_COMPLETION"
+PUBLISHER_ENV = "PROCESSOR_GUARD_PUBLISHER"
+DEFAULT_EXPECTED = (
+    "player_game_summary",
+    "team_offense_game_summary",
+    "team_defense_game_summary",
+    "upcoming_player_game_context",
+    "upcoming_team_game_context",
+)
+
+# ---------------------------------------------------------------------- lazy commands
+# Commands defined in other modules, imported only when run (or listed by --help).
+# The demo lives in processor_guard.demo (owned by the demo); add others here.
+LAZY_COMMANDS: dict[str, str] = {
+    "demo": "processor_guard.demo:demo_command",
+}
+
+
+class _Group(click.Group):
+    """A click group that also serves the commands named in LAZY_COMMANDS."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None or cmd_name not in LAZY_COMMANDS:
+            return command
+        module_name, _, attr = LAZY_COMMANDS[cmd_name].partition(":")
+        try:
+            loaded = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise click.ClickException(f"command {cmd_name!r} is not available: {exc}") from None
+        if not isinstance(loaded, click.Command):
+            raise click.ClickException(f"{LAZY_COMMANDS[cmd_name]} is not a click command")
+        return loaded
+
+
+# ---------------------------------------------------------------------- error handling
+
+
+def _fail(message: str) -> None:
+    click.echo(f"processor-guard: error: {message}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def _errors_to_one_line(func: F) -> F:
+    """Turn expected failures into one line on stderr and exit 3 (no traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (GuardError, ValueError, OSError) as exc:
+            _fail(_one_line(exc))
+        except Exception as exc:
+            if _is_service_error(exc):
+                _fail(f"{type(exc).__name__}: {_one_line(exc)}")
+            raise
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _is_service_error(exc: BaseException) -> bool:
+    module = type(exc).__module__
+    return module.startswith(("google.", "redis", "duckdb", "_duckdb", "grpc"))
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _date(value: str) -> dt.date:
+    return parse_game_date(value, argument="--date")
+
+
+def _datetime(value: str | None, option: str) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(
+            f"{option} must be an ISO date-time such as 2026-02-04T11:00:00+00:00, got {value!r}"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def _names(value: str | None, option: str) -> tuple[str, ...]:
+    if value is None:
+        return DEFAULT_EXPECTED
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    if not names:
+        raise ConfigError(f"{option} needs at least one name")
+    return names
+
+
+def completion_client(url: str) -> Any:
+    """``firestore://PROJECT`` (or a bare project id) or ``sqlite:///path`` (local docstore)."""
+    if "://" not in url:
+        url = f"firestore://{url}"
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        if not parts.path or parts.path == "/":
+            raise ConfigError(f"bad completion URL {url!r}: sqlite needs a file path")
+        if not Path(parts.path).is_file():
+            raise ConfigError(f"completion file {parts.path!r} does not exist")
+        from .docstore import SQLiteDocumentClient
+
+        return SQLiteDocumentClient(parts.path)
+    if parts.scheme == "firestore" and parts.netloc:
+        from google.cloud import firestore
+
+        return firestore.Client(project=parts.netloc)
+    raise ConfigError(
+        f"bad completion URL {url!r}: expected firestore://PROJECT, a project id or sqlite:///path"
+    )
+
+
+def publisher(spec: str) -> Callable[[str, Any], str]:
+    """A publish callable from ``file:///path.jsonl``, ``python:module:function`` or
+    ``pubsub://projects/P/topics/T`` (needs google-cloud-pubsub)."""
+    if spec.startswith("python:"):
+        module_name, _, attr = spec[len("python:") :].partition(":")
+        if not module_name or not attr:
+            raise ConfigError(f"bad publisher {spec!r}: use python:module:function")
+        try:
+            func = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"bad publisher {spec!r}: {exc}") from None
+        if not callable(func):
+            raise ConfigError(f"bad publisher {spec!r}: {attr} is not callable")
+        return func  # type: ignore[no-any-return]
+    parts = urlsplit(spec)
+    if parts.scheme == "file" and parts.path:
+        path = Path(parts.path)
+
+        def to_file(game_date: str, state: Any) -> str:
+            message = {"dedup_id": state.dedup_id, "game_date": game_date, **state.to_dict()}
+            with path.open("a", encoding="utf-8") as out:
+                out.write(json.dumps(message, sort_keys=True) + "\n")
+            with path.open(encoding="utf-8") as inp:
+                line = sum(1 for _ in inp)
+            return f"file:{path}:{line}"
+
+        return to_file
+    if parts.scheme == "pubsub" and parts.netloc == "projects":
+        topic = f"projects{parts.path}"
+        try:
+            from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+        except ImportError:
+            raise ConfigError(
+                "pubsub:// publishers need google-cloud-pubsub (pip install google-cloud-pubsub)"
+            ) from None
+        client = pubsub_v1.PublisherClient()
+
+        def to_pubsub(game_date: str, state: Any) -> str:
+            data = json.dumps(state.to_dict(), sort_keys=True).encode()
+            future = client.publish(topic, data, dedup_id=state.dedup_id, game_date=game_date)
+            return str(future.result(timeout=60))
+
+        return to_pubsub
+    raise ConfigError(
+        f"bad publisher {spec!r}: use file:///path.jsonl, python:module:function "
+        "or pubsub://projects/P/topics/T"
+    )
+
+
+def _tracker(
+    completion: str | None,
+    phase: str,
+    collection: str | None,
+    expected: str | None,
+    publish: str | None = None,
+) -> Any:
+    from .completion import CompletionTracker
+
+    if not completion:
+        return None
+    return CompletionTracker(
+        completion_client(completion),
+        phase,
+        _names(expected, "--expected"),
+        publisher(publish) if publish else None,
+        collection=collection,
+    )
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(width=120) if not sys.stdout.isatty() else Console()
+
+
+def completion_options(func: F) -> F:
+    """--warehouse, --completion, --phase, --collection, --expected."""
+    options = [
+        click.option(
+            "--warehouse",
+            envvar=WAREHOUSE_ENV,
+            help=f"duckdb:///path/file.db or bigquery://PROJECT/DATASET [env {WAREHOUSE_ENV}].",
+        ),
+        click.option(
+            "--completion",
+            envvar=COMPLETION_ENV,
+            help="Where completion documents live: firestore://PROJECT (FIRESTORE_EMULATOR_HOST "
+            f"is honoured), a project id, or sqlite:///path [env {COMPLETION_ENV}].",
+        ),
+        click.option("--phase", default="phase3", show_default=True, help="Phase name."),
+        click.option("--collection", help="Collection (default: {phase}_completion)."),
+        click.option(
+            "--expected",
+            help="Comma-separated expected processors (default: the five analytics tables).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+# ---------------------------------------------------------------------- commands
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log at INFO level on stderr.")
+@click.version_option(package_name="processor-guard", prog_name="processor-guard")
+def main(verbose: bool) -> None:
+    """Keep data-pipeline processors from corrupting output: inspect and repair."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@main.command()
+@click.option("--date", "game_date", required=True, help="Game date, YYYY-MM-DD.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@completion_options
+@click.option(
+    "--table",
+    "tables",
+    multiple=True,
+    help="Only this table (repeatable; default: every expected processor's table).",
+)
+@click.option("--scraper-expected", help="When the scraper should first run (ISO date-time).")
+@click.option("--scraper-first-run", help="When it first ran (ISO date-time); omit if not yet.")
+@click.option(
+    "--max-late-hours", type=float, default=4.0, show_default=True, help="Lateness alert."
+)
+@_errors_to_one_line
+def health(
+    game_date: str,
+    as_json: bool,
+    warehouse: str | None,
+    completion: str | None,
+    phase: str,
+    collection: str | None,
+    expected: str | None,
+    tables: Sequence[str],
+    scraper_expected: str | None,
+    scraper_first_run: str | None,
+    max_late_hours: float,
+) -> None:
+    """Duplicates, completion accuracy, trigger delay and scraper lateness for a date.
+
+    Exit 0 ok, 1 warning, 2 critical (3: could not run). Signals without data are
+    shown as unknown.
+    """
+    from .health import Thresholds, _spec, open_warehouse, run_health
+
+    day = _date(game_date)
+    specs = {name: _spec(name) for name in tables} if tables else None
+    if scraper_first_run and not scraper_expected:
+        raise ConfigError("--scraper-first-run needs --scraper-expected")
+    expected_at = _datetime(scraper_expected, "--scraper-expected")
+    first_run = _datetime(scraper_first_run, "--scraper-first-run")
+    tracker = _tracker(completion, phase, collection, expected)
+    source = open_warehouse(warehouse) if warehouse else None
+    try:
+        report = run_health(
+            day,
+            tracker=tracker,
+            warehouse=source,
+            tables=specs,
+            scraper_expected=expected_at,
+            scraper_first_run=first_run,
+            thresholds=Thresholds(max_scraper_late_hours=max_late_hours),
+        )
+    finally:
+        if source is not None:
+            source.close()
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+    else:
+        from rich.table import Table
+
+        colours = {"ok": "green", "warning": "yellow", "critical": "red", "unknown": "dim"}
+        table = Table(title=f"processor-guard health {report.game_date}: {report.status.upper()}")
+        for col in ("check", "status", "value", "detail"):
+            table.add_column(col)
+        for check in report.checks:
+            colour = colours[check.status]
+            value = "-" if check.value is None else str(check.value)
+            table.add_row(check.name, f"[{colour}]{check.status}[/]", value, check.detail)
+        _console().print(table)
+    sys.exit(report.exit_code)
+
+
+@main.command()
+@click.option("--date", "game_date", required=True, help="Game date, YYYY-MM-DD.")
+@click.option("--fix", is_flag=True, help="Repair the document and publish a due trigger.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@completion_options
+@click.option(
+    "--publisher",
+    envvar=PUBLISHER_ENV,
+    help="How --fix publishes a trigger: file:///path.jsonl, python:module:function or "
+    f"pubsub://projects/P/topics/T [env {PUBLISHER_ENV}].",
+)
+@_errors_to_one_line
+def reconcile(
+    game_date: str,
+    fix: bool,
+    as_json: bool,
+    warehouse: str | None,
+    completion: str | None,
+    phase: str,
+    collection: str | None,
+    expected: str | None,
+    publisher: str | None,
+) -> None:
+    """Compare a date's completion document with the data; dry run unless --fix.
+
+    --fix records processors whose data exists, recomputes the count and publishes a
+    due trigger for real (never marks it triggered without publishing). Exit 0 when
+    nothing is (left) wrong, 1 otherwise.
+    """
+    from .health import open_warehouse
+
+    day = _date(game_date)
+    if not warehouse:
+        raise ConfigError(f"reconcile needs --warehouse (or {WAREHOUSE_ENV})")
+    if not completion:
+        raise ConfigError(f"reconcile needs --completion (or {COMPLETION_ENV})")
+    if publisher is None and fix:
+        log.warning("no --publisher: a due trigger will be left pending, not published")
+    tracker = _tracker(completion, phase, collection, expected, publisher)
+    source = open_warehouse(warehouse)
+    try:
+        report = tracker.reconcile(day, source, dry_run=not fix)
+        remaining = tracker.reconcile(day, source, dry_run=True) if fix else report
+    finally:
+        source.close()
+    if as_json:
+        data = report.to_dict()
+        data["remaining_problems"] = list(remaining.problems)
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        console = _console()
+        mode = "fix" if fix else "dry run"
+        console.print(f"reconcile {tracker.collection}/{report.game_date} ({mode})")
+        for check in report.tables:
+            console.print(
+                f"  {check.table}: {check.rows} rows, {check.duplicate_keys} duplicate keys, "
+                f"document says {'complete' if check.doc_complete else 'not complete'}",
+                markup=False,
+            )
+        for problem in report.problems:
+            console.print(f"  problem: {problem}", markup=False)
+        for change in report.changes:
+            console.print(f"  change: {change}", markup=False)
+        if fix:
+            for problem in remaining.problems:
+                console.print(f"  still wrong: {problem}", markup=False)
+        if report.ok:
+            console.print("  nothing wrong")
+    sys.exit(0 if remaining.ok else 1)
+
+
+@main.group()
+def locks() -> None:
+    """Inspect and break leases in a lease store."""
+
+
+def store_option(func: F) -> F:
+    return click.option(
+        "--store",
+        envvar=STORE_ENV,
+        help=f"Lease store URL: redis://, firestore://, sqlite:///, memory:// [env {STORE_ENV}].",
+    )(func)
+
+
+def _open_store(url: str | None) -> Any:
+    from .stores import open_store
+
+    if not url:
+        raise ConfigError(f"no lease store: pass --store or set {STORE_ENV}")
+    return open_store(url)
+
+
+def _holder_dict(h: Any) -> dict[str, Any]:
+    return {"key": h.key, "owner": h.owner, "fence": h.fence, "remaining": h.remaining}
+
+
+@locks.command("list")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@_errors_to_one_line
+def locks_list(store: str | None, as_json: bool) -> None:
+    """Every live lease: key, owner, fence, seconds left."""
+    lease_store = _open_store(store)
+    try:
+        holders = sorted(lease_store.holders(), key=lambda h: h.key)
+    finally:
+        lease_store.close()
+    if as_json:
+        click.echo(json.dumps([_holder_dict(h) for h in holders], indent=2))
+        return
+    if not holders:
+        click.echo("no live leases")
+        return
+    from rich.table import Table
+
+    table = Table(title=f"live leases ({len(holders)})")
+    for col in ("key", "owner", "fence", "remaining"):
+        table.add_column(col)
+    for h in holders:
+        left = "-" if h.remaining is None else f"{h.remaining:.1f}s"
+        table.add_row(h.key, h.owner, str(h.fence), left)
+    _console().print(table)
+
+
+@locks.command("show")
+@click.argument("key")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
+@_errors_to_one_line
+def locks_show(key: str, store: str | None, as_json: bool) -> None:
+    """Who holds KEY (e.g. player_game_summary:2026-02-03), or that it is free."""
+    lease_store = _open_store(store)
+    try:
+        holder = lease_store.holder(key)
+    finally:
+        lease_store.close()
+    if as_json:
+        click.echo(json.dumps(None if holder is None else _holder_dict(holder), indent=2))
+    elif holder is None:
+        click.echo(f"{key}: free")
+    else:
+        left = "unknown" if holder.remaining is None else f"{holder.remaining:.1f}s"
+        click.echo(f"{key}: held by {holder.owner} (fence {holder.fence}, {left} left)")
+
+
+@locks.command("break")
+@click.argument("key")
+@store_option
+@click.option("--force", is_flag=True, help="Required: breaking a live lease is deliberate.")
+@click.option("--reason", default="", help="Why; written to the log line.")
+@_errors_to_one_line
+def locks_break(key: str, store: str | None, force: bool, reason: str) -> None:
+    """Free KEY whoever holds it and raise its fence, so the old holder's writes are refused."""
+    if not force:
+        raise ConfigError(f"refusing to break {key!r} without --force")
+    lease_store = _open_store(store)
+    try:
+        before = lease_store.holder(key)
+        fence = lease_store.break_lease(key)
+    finally:
+        lease_store.close()
+    who = f"{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}"
+    was = "free" if before is None else f"held by {before.owner} with fence {before.fence}"
+    why = f" reason: {reason}" if reason else ""
+    log.warning("lease %s broken by %s (%s); fence raised to %d.%s", key, who, was, fence, why)
+    click.echo(f"broke {key} ({was}); fence is now {fence}; broken by {who}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
