@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from fixtures.services import RedisServer  # noqa: E402
 
-pytest_plugins: list[str] = ["fixtures.firestore_emulator"]
+pytest_plugins: list[str] = ["fixtures.firestore_emulator", "fixtures.bigquery_emulator"]
 
 
 @pytest.fixture(scope="session")
