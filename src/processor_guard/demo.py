@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import click
 
@@ -54,6 +54,7 @@ PGS = "player_game_summary"
 PHASE = "phase3"
 ROLES = ("instance-1", "instance-2", "others")
 MODES = ("unguarded", "guarded")
+BIGQUERY_ENDPOINT_ENV = "PROCESSOR_GUARD_BIGQUERY_ENDPOINT"  # as in health.open_warehouse
 # Compressed job latencies: how long a BigQuery MERGE job and a load job "run".
 MERGE_JOB_SECONDS = 0.4
 LOAD_JOB_SECONDS = 0.4
@@ -137,6 +138,7 @@ class WarehouseTarget:
     path: str = ""
     project: str = ""
     dataset: str = ""
+    endpoint: str = ""  # a BigQuery emulator's URL
 
     @classmethod
     def parse(cls, url: str) -> WarehouseTarget:
@@ -145,9 +147,11 @@ class WarehouseTarget:
             return cls(url, "duckdb", path=parts.path)
         if parts.scheme == "bigquery" and parts.netloc and parts.path.strip("/"):
             dataset = parts.path.strip("/")
+            endpoint = (parse_qs(parts.query).get("endpoint") or [""])[0]
             if "/" in dataset:
                 raise ConfigError(f"bad warehouse URL {url!r}: expected bigquery://PROJECT/DATASET")
-            return cls(url, "bigquery", project=parts.netloc, dataset=dataset)
+            endpoint = endpoint or os.environ.get(BIGQUERY_ENDPOINT_ENV, "")
+            return cls(url, "bigquery", project=parts.netloc, dataset=dataset, endpoint=endpoint)
         raise ConfigError(
             f"bad warehouse URL {url!r}: expected duckdb:///path/file.duckdb "
             "or bigquery://PROJECT/DATASET"
@@ -183,7 +187,16 @@ class WarehouseTarget:
     def bigquery(self) -> Any:
         from google.cloud import bigquery
 
-        return bigquery.Client(project=self.project, **_bigquery_client_options())
+        if not self.endpoint:
+            return bigquery.Client(project=self.project)
+        from google.api_core.client_options import ClientOptions
+        from google.auth.credentials import AnonymousCredentials
+
+        return bigquery.Client(
+            project=self.project,
+            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+            client_options=ClientOptions(api_endpoint=self.endpoint),
+        )
 
     def sql(self, statement: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Run one statement; returns its rows."""
@@ -225,21 +238,6 @@ class WarehouseTarget:
             {"day": day},
         )[0]
         return {"rows": int(rows), "unique_keys": int(distinct), "duplicates": int(rows - distinct)}
-
-
-def _bigquery_client_options() -> dict[str, Any]:
-    """Point the client at the BigQuery emulator when BIGQUERY_EMULATOR_HOST is set."""
-    host = os.environ.get("BIGQUERY_EMULATOR_HOST")
-    if not host:
-        return {}
-    from google.api_core.client_options import ClientOptions
-    from google.auth.credentials import AnonymousCredentials
-
-    endpoint = host if host.startswith("http") else f"http://{host}"
-    return {
-        "client_options": ClientOptions(api_endpoint=endpoint),
-        "credentials": AnonymousCredentials(),  # type: ignore[no-untyped-call]
-    }
 
 
 def _bq_param(name: str, value: Any) -> Any:
@@ -710,6 +708,7 @@ class RunResult:
     delete_statements: int = 0
     statements_sent: int = 0
     merge_conflicts: int = 0
+    fallbacks: int = 0
     conflicts_retried: int = 0
     lease_handoffs: int = 0
     refusals: int = 0
@@ -886,7 +885,10 @@ def _measure(
         int(ev["deletes"]) for ev in evs if ev["event"] == "statements"
     )
     res.statements_sent = sum(int(ev["count"]) for ev in evs if ev["event"] == "statements")
-    res.merge_conflicts = sum(1 for ev in evs if ev["event"] == "merge-failed")
+    res.merge_conflicts = sum(1 for ev in evs if ev["event"] == "merge-failed") + sum(
+        1 for ev in evs if ev["event"] == "merge-attempt-failed" and ev["kind"] == "conflict"
+    )
+    res.fallbacks = sum(1 for ev in evs if ev["event"] == "merge-failed")
     res.conflicts_retried = sum(
         max(0, int(ev.get("attempts", 1)) - 1) for ev in evs if ev["event"] == "merged"
     )
@@ -952,11 +954,16 @@ def _table(results: dict[str, RunResult]) -> Any:
         bad(u.delete_statements, u.delete_statements == 0),
         bad(g.delete_statements, g.delete_statements == 0),
     )
-    table.add_row("MERGE conflicts hit", str(u.merge_conflicts), str(g.merge_conflicts))
+    table.add_row("write conflicts hit", str(u.merge_conflicts), str(g.merge_conflicts))
     table.add_row(
-        "conflicts retried (no DELETE)", str(u.conflicts_retried), str(g.conflicts_retried)
+        "conflicts -> DELETE + INSERT",
+        bad(u.fallbacks, u.fallbacks == 0),
+        bad(g.fallbacks, g.fallbacks == 0),
     )
-    table.add_row("lease hand-offs", str(u.lease_handoffs), str(g.lease_handoffs))
+    table.add_row(
+        "conflicts retried (MERGE again)", str(u.conflicts_retried), str(g.conflicts_retried)
+    )
+    table.add_row("lease hand-offs", "n/a (no lease)", str(g.lease_handoffs))
     second = "ran concurrently"
     if g.refusals:
         second = f"refused {g.refusals}x (409), then ran"
@@ -986,7 +993,7 @@ def run_demo(
     """Replay the incident unguarded then guarded; returns (and writes) the summary."""
     from rich.console import Console
 
-    console = console or Console()
+    console = console or (Console() if sys.stdout.isatty() else Console(width=120))
     folder = (
         Path(directory) if directory else Path(tempfile.mkdtemp(prefix="processor-guard-demo-"))
     )
