@@ -12,6 +12,7 @@ sends a ``DELETE``: writes are MERGEs, staging tables are dropped, not emptied.
 from __future__ import annotations
 
 import abc
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -19,7 +20,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -37,6 +38,7 @@ __all__ = [
     "MergeOutcome",
     "MergePlan",
     "Warehouse",
+    "add_statement_observer",
     "as_warehouse",
     "render_string_literal",
 ]
@@ -45,11 +47,28 @@ log = logging.getLogger(__name__)
 
 #: Name of the fence table kept next to each fenced target table (same dataset/schema).
 FENCE_TABLE = "_processor_guard_fences"
+#: DuckDB only: one row per table, bumped by every MERGE so concurrent MERGEs into one
+#: table conflict (and one retries), as they do on BigQuery.
+WRITES_TABLE = "_processor_guard_writes"
 #: Marker in the SQL error raised by a fenced BigQuery script when the fence is stale.
 STALE_MARKER = "processor_guard stale fence"
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TABLE_PART = re.compile(r"^[A-Za-z0-9_\-:.]+$")
+
+
+_observers: list[Callable[[str, str], None]] = []
+
+
+def add_statement_observer(observer: Callable[[str, str], None]) -> Callable[[], None]:
+    """Call ``observer(engine, sql)`` for every statement the adapters send; returns a remover."""
+    _observers.append(observer)
+    return lambda: _observers.remove(observer) if observer in _observers else None
+
+
+def _observe(engine: str, sql: str) -> None:
+    for observer in list(_observers):
+        observer(engine, sql)
 
 
 @dataclass(frozen=True)
@@ -396,6 +415,7 @@ class BigQueryWarehouse(Warehouse):
         return bigquery.QueryJobConfig(query_parameters=_bq_params(params or {}))
 
     def _run(self, sql: str, job_config: Any = None) -> tuple[list[dict[str, Any]], Any]:
+        _observe(self.engine, sql)
         job = self.client.query(sql, job_config=job_config)
         rows = [dict(r.items()) for r in job.result()]
         return rows, job
@@ -747,7 +767,7 @@ class DuckDBWarehouse(Warehouse):
             self.path = path
         else:
             self.conn = conn_or_path
-        self._fence_tables: set[str] = set()
+        self._fence_tables: set[Any] = set()
 
     @contextmanager
     def _cursor(self, *, wait: bool = True) -> Iterator[Any]:
@@ -811,6 +831,7 @@ class DuckDBWarehouse(Warehouse):
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         values = {k: self._duck_value(v) for k, v in (params or {}).items()}
+        _observe(self.engine, sql)
         with self._cursor() as cur:
             rel = cur.execute(self._to_duck_sql(sql), values) if values else cur.execute(sql)
             if rel.description is None:
@@ -833,6 +854,7 @@ class DuckDBWarehouse(Warehouse):
         else:
             sql += " AND table_catalog = current_database()"
         sql += " ORDER BY ordinal_position"
+        _observe(self.engine, sql)
         with self._cursor() as cur:
             rows = cur.execute(sql, args).fetchall()
         if not rows:
@@ -872,14 +894,19 @@ class DuckDBWarehouse(Warehouse):
             return self._merge_with(cur, plan)
 
     def _merge_with(self, cur: Any, plan: MergePlan) -> MergeOutcome:
+        import duckdb
+
         target = self.quote_table(plan.table)
         statements: list[str] = []
 
         def run(sql: str, args: Sequence[Any] | None = None) -> Any:
+            _observe(self.engine, sql)
             statements.append(sql)
             return cur.execute(sql, args) if args is not None else cur.execute(sql)
 
         fence_q = self.quote_table(self.fence_table(plan.table))
+        writes_q = self.quote_table(".".join([*self._parts(plan.table)[:-1], WRITES_TABLE]))
+        name = self.canonical(plan.table)
         if plan.fence is not None and fence_q not in self._fence_tables:
             run(
                 f"CREATE TABLE IF NOT EXISTS {fence_q} (table_name VARCHAR NOT NULL, "
@@ -887,6 +914,15 @@ class DuckDBWarehouse(Warehouse):
                 "PRIMARY KEY (table_name, partition_value))"
             )
             self._fence_tables.add(fence_q)
+        if (writes_q, name) not in self._fence_tables:
+            run(
+                f"CREATE TABLE IF NOT EXISTS {writes_q} (table_name VARCHAR PRIMARY KEY, "
+                "merges BIGINT NOT NULL, updated_at TIMESTAMP)"
+            )
+            # ConstraintException: a concurrent writer inserted the row first; it exists.
+            with contextlib.suppress(duckdb.ConstraintException):
+                run(f"INSERT INTO {writes_q} VALUES (?, 0, NULL) ON CONFLICT DO NOTHING", [name])
+            self._fence_tables.add((writes_q, name))
         src = f"pg_src_{uuid.uuid4().hex[:12]}"
         cols = plan.column_names
         run(
@@ -897,6 +933,12 @@ class DuckDBWarehouse(Warehouse):
         try:
             run("BEGIN TRANSACTION")
             try:
+                # Claims the table's write row first: a concurrent MERGE conflicts here.
+                run(
+                    f"UPDATE {writes_q} SET merges = merges + 1, updated_at = now()::TIMESTAMP "
+                    "WHERE table_name = ?",
+                    [name],
+                )
                 if plan.fence is not None:
                     parts = [_partition_key(v) for v in plan.partition_values]
                     marks = ", ".join("?" for _ in parts) or "NULL"
@@ -943,9 +985,11 @@ class DuckDBWarehouse(Warehouse):
                 run(sql, part_args)
                 run("COMMIT")
             except BaseException:
+                _observe(self.engine, "ROLLBACK")
                 cur.execute("ROLLBACK")
                 raise
         finally:
+            _observe(self.engine, f"DROP TABLE IF EXISTS {src}")
             cur.execute(f"DROP TABLE IF EXISTS {src}")
         inserted = len(plan.rows) - int(matched)
         updated = int(n_newer)
@@ -965,6 +1009,7 @@ class DuckDBWarehouse(Warehouse):
             sql = f"INSERT INTO {src} VALUES " + ", ".join(row_marks for _ in part)
             if start == 0:
                 statements.append(sql)
+            _observe(self.engine, sql)
             cur.execute(sql, args)
 
 
