@@ -1,0 +1,228 @@
+"""Compare-and-set on one Firestore document, without read-write transactions.
+
+Firestore's server clients take pessimistic locks inside read-write transactions; two
+transactions that read then write one document make the loser wait for a lock timeout
+(about 2 s on the emulator) before retrying. Here a writer instead reads the document
+(the snapshot carries the server's ``read_time`` and the document's ``update_time``),
+computes the new state, and writes it with ``create()`` when the document was absent or
+with an ``update_time`` precondition when it existed. A failed precondition means
+another writer got in first: re-read and decide again. Contention resolves in a few
+milliseconds per round, and nothing is written from a stale read.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.api_core import retry as gretry
+
+from .errors import StoreUnavailable
+from .stores.base import jittered
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "CasOutcome",
+    "compare_and_set",
+    "is_unavailable",
+    "optimistic_update",
+    "read_doc",
+    "read_retry",
+    "store_unavailable",
+]
+
+Doc = dict[str, Any]
+
+#: Seconds one Firestore call may take (reads included their retries) before the store
+#: counts as unreachable; keeps an unreachable server from blocking for minutes.
+DEFAULT_TIMEOUT = 5.0
+
+# Another writer got in between our read and our write.
+_CONFLICTS = (gexc.AlreadyExists, gexc.FailedPrecondition, gexc.NotFound)
+
+
+def store_unavailable(exc: BaseException, key: str | None, action: str) -> StoreUnavailable:
+    """The StoreUnavailable to raise for a failed Firestore call (``raise ... from exc``)."""
+    where = f" for {key!r}" if key is not None else ""
+    return StoreUnavailable(
+        f"Firestore {action}{where} failed: {type(exc).__name__}: {exc}", key=key
+    )
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(
+        exc,
+        (
+            gexc.ServiceUnavailable,
+            gexc.InternalServerError,
+            gexc.Unknown,
+            gexc.DeadlineExceeded,
+            gexc.Aborted,
+            gexc.ResourceExhausted,
+        ),
+    )
+
+
+def read_retry(timeout: float) -> gretry.Retry:
+    """Retry policy for idempotent reads: transient errors, for at most ``timeout`` s."""
+    return gretry.Retry(
+        predicate=_transient, initial=0.05, maximum=0.5, multiplier=2.0, timeout=timeout
+    )
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Errors that mean the store could not be reached or refused to answer."""
+    return isinstance(exc, (gexc.GoogleAPIError, ConnectionError, OSError, TimeoutError))
+
+
+def read_doc(doc_ref: Any, *, key: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> Any:
+    """Read one document (retrying transient errors up to ``timeout``): its snapshot."""
+    try:
+        return doc_ref.get(retry=read_retry(timeout), timeout=timeout)
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise store_unavailable(exc, key, "read") from exc
+        raise
+
+
+@dataclass(frozen=True)
+class CasOutcome:
+    """What one compare-and-set did.
+
+    ``before`` is the document as read on the last attempt (None when absent), ``after``
+    what it holds now as far as this call knows (``before`` when nothing was written).
+    ``read_time`` is that read's server time; ``update_time`` the write's (or the read
+    document's) update time. ``gave_up`` is True when every attempt lost a race.
+    """
+
+    before: Doc | None
+    after: Doc | None
+    written: bool
+    read_time: dt.datetime
+    update_time: dt.datetime | None
+    attempts: int
+    gave_up: bool = False
+
+
+def _update_payload(before: Doc, after: Doc) -> Doc:
+    from google.cloud.firestore_v1 import DELETE_FIELD
+    from google.cloud.firestore_v1.field_path import FieldPath
+
+    # Quote every top-level name so dots or odd characters are not read as paths.
+    payload: Doc = {FieldPath(name).to_api_repr(): value for name, value in after.items()}
+    for name in before:
+        if name not in after:
+            payload[FieldPath(name).to_api_repr()] = DELETE_FIELD
+    return payload
+
+
+def compare_and_set(
+    client: Any,
+    doc_ref: Any,
+    decide: Callable[[Doc | None, dt.datetime], Doc | None],
+    *,
+    key: str | None = None,
+    max_attempts: int = 50,
+    base_delay: float = 0.005,
+    max_delay: float = 0.25,
+    deadline: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    rng: random.Random | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> CasOutcome:
+    """Read the document, let ``decide(doc_or_None, read_time)`` return its new full
+    state (or None to write nothing), and write it only if nobody wrote in between.
+
+    ``decide`` gets a private copy and may run several times (once per attempt); it
+    must not have side effects it cannot repeat. ``read_time`` is the server's time of
+    the read: judge expiry against it, never against this machine's clock. Lost races
+    are retried after a jittered backoff (``base_delay`` = 0 re-reads at once) until
+    ``max_attempts`` or ``deadline`` seconds (``clock``) run out; then ``gave_up``.
+    Writes are never retried blindly: a write whose outcome is unknown raises
+    StoreUnavailable, as does any read or write that cannot reach the store.
+    """
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts must be >= 1, got {max_attempts!r}")
+    give_up_at = None if deadline is None else clock() + deadline
+    attempt = 0
+    while True:
+        attempt += 1
+        snap = read_doc(doc_ref, key=key, timeout=timeout)
+        before: Doc | None = snap.to_dict() if snap.exists else None
+        read_time: dt.datetime = snap.read_time
+        after = decide(copy.deepcopy(before), read_time)
+        if after is None or after == before:
+            return CasOutcome(before, before, False, read_time, snap.update_time, attempt)
+        try:
+            if before is None:
+                result = doc_ref.create(after, retry=None, timeout=timeout)
+            else:
+                option = client.write_option(last_update_time=snap.update_time)
+                result = doc_ref.update(
+                    _update_payload(before, after), option=option, retry=None, timeout=timeout
+                )
+        except _CONFLICTS:
+            out_of_time = give_up_at is not None and clock() >= give_up_at
+            if attempt >= max_attempts or out_of_time:
+                return CasOutcome(before, before, False, read_time, None, attempt, gave_up=True)
+            if base_delay > 0:
+                sleep(jittered(base_delay, max_delay, attempt - 1, rng))
+            continue
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise store_unavailable(exc, key, "write") from exc
+            raise
+        return CasOutcome(before, after, True, read_time, result.update_time, attempt)
+
+
+def optimistic_update(
+    client: Any,
+    doc_ref: Any,
+    mutate: Callable[[Doc | None], Doc | None],
+    *,
+    max_attempts: int = 100,
+    base_delay: float = 0.005,
+    max_delay: float = 0.25,
+    deadline: float | None = 60.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    rng: random.Random | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> tuple[Doc | None, Doc | None]:
+    """Apply ``mutate`` to one document atomically; returns ``(before, after)``.
+
+    ``mutate`` gets a private copy of the document (None when absent) and returns its
+    new full state (fields it drops are deleted), or None to leave it unchanged; it may
+    run once per attempt, so it must be free of side effects. ``after`` is ``before``
+    when nothing was written. Raises StoreUnavailable when Firestore cannot be reached
+    or when every attempt (``max_attempts``, ``deadline`` seconds) lost a race.
+    """
+    key = getattr(doc_ref, "path", None)
+    outcome = compare_and_set(
+        client,
+        doc_ref,
+        lambda doc, _read_time: mutate(doc),
+        key=key,
+        max_attempts=max_attempts,
+        base_delay=base_delay,
+        max_delay=max_delay,
+        deadline=deadline,
+        clock=clock,
+        sleep=sleep,
+        rng=rng,
+        timeout=timeout,
+    )
+    if outcome.gave_up:
+        raise StoreUnavailable(
+            f"Firestore update of {key!r} lost the race {outcome.attempts} times in a row; "
+            "too much contention on one document",
+            key=key,
+        )
+    return outcome.before, outcome.after

@@ -1,0 +1,286 @@
+"""Leases in Firestore: one document per key, taken by compare-and-set on server time.
+
+Document ``{collection}/{key}`` (key ``scope:YYYY-MM-DD``) holds::
+
+    owner       str | None   holder; None once released or broken
+    fence       int          last fence handed out for the key (kept after release)
+    expires     timestamp    lease expiry on the server's clock (None when free)
+    expire_at   timestamp    expires + ``cleanup_after``: set it as the collection's TTL
+                             field and Firestore deletes long-idle documents
+    ttl, acquired_at, renewed_at, released_at   for people reading the document
+
+Guarantees:
+
+- Acquire, renew, release and break are one read and one conditional write each:
+  ``create()`` when the document is absent, else an update with an ``update_time``
+  precondition. No read-write transaction is used, so contention never waits on the
+  server's lock timeout (about 2 s per conflict on the emulator); a writer that loses
+  the race re-reads at once and reports the winner as busy.
+- Expiry is judged on the server's clock only. Every read returns the server's
+  ``read_time``; a lease is live while ``expires > read_time``, the remaining time is
+  ``expires - read_time``, and a new expiry is written as ``read_time + ttl``. That
+  read time is earlier than the commit, so the store's expiry can only fall a few
+  milliseconds short of ``commit + ttl`` and is still later than the holder's own
+  deadline (taken on its monotonic clock before the call). ``SERVER_TIMESTAMP`` would
+  record the commit time, but Firestore cannot add the ttl to it in the same write, so
+  the expiry and the TTL field could not be set in one step.
+- Fences: ``max(stored fence + 1, fence_seed(read_time))``, so they keep increasing
+  even when TTL clean-up (or a person) deleted the document.
+- Release clears the holder but keeps the document, so the stored fence survives.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import ConfigError
+from ..firestore_util import (
+    DEFAULT_TIMEOUT,
+    CasOutcome,
+    compare_and_set,
+    is_unavailable,
+    read_doc,
+    read_retry,
+    store_unavailable,
+)
+from .base import AcquireResult, Holder, LeaseStore, fence_seed
+
+__all__ = ["DEFAULT_COLLECTION", "FirestoreStore"]
+
+DEFAULT_COLLECTION = "processor_guard_leases"
+Doc = dict[str, Any]
+
+
+def _check_key(key: object) -> str:
+    """Firestore document ids: non-empty, no '/', not '.', '..' or '__name__'-like."""
+    if (
+        not isinstance(key, str)
+        or not key
+        or "/" in key
+        or key in (".", "..")
+        or (key.startswith("__") and key.endswith("__"))
+        or len(key.encode()) > 1500
+    ):
+        raise ConfigError(f"lease key {key!r} is not a valid Firestore document id")
+    return key
+
+
+def _check_ttl(ttl: object) -> None:
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < 1e9:
+        raise ConfigError(f"ttl must be a number of seconds > 0, got {ttl!r}")
+
+
+def _check_collection(collection: object) -> str:
+    if not isinstance(collection, str) or not collection or "/" in collection:
+        raise ConfigError(
+            f"Firestore collection must be a non-empty name without '/', got {collection!r}"
+        )
+    return collection
+
+
+class FirestoreStore(LeaseStore):
+    """Leases in a Firestore collection (default ``processor_guard_leases``).
+
+    ``timeout`` bounds each Firestore call (reads including their retries), so an
+    unreachable server raises StoreUnavailable within seconds. ``cleanup_after`` is how
+    long after a lease's expiry its ``expire_at`` TTL field lets Firestore delete the
+    document; fences stay monotonic either way.
+    """
+
+    scheme = "firestore"
+
+    def __init__(
+        self,
+        client: Any,
+        collection: str = DEFAULT_COLLECTION,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        cleanup_after: float = 7 * 86400.0,
+        owns_client: bool = False,
+    ) -> None:
+        if not timeout > 0:
+            raise ConfigError(f"timeout must be > 0 seconds, got {timeout!r}")
+        if not cleanup_after >= 0:
+            raise ConfigError(f"cleanup_after must be >= 0 seconds, got {cleanup_after!r}")
+        self.client = client
+        self.collection = _check_collection(collection)
+        self.timeout = float(timeout)
+        self.cleanup_after = dt.timedelta(seconds=cleanup_after)
+        self._owns_client = owns_client
+        self._coll = client.collection(self.collection)
+
+    @classmethod
+    def from_project(cls, project: str, collection: str | None = None) -> FirestoreStore:
+        """A store with its own client for ``project`` (honours FIRESTORE_EMULATOR_HOST)."""
+        if not isinstance(project, str) or not project:
+            raise ConfigError(f"Firestore project must be a non-empty string, got {project!r}")
+        coll = _check_collection(collection) if collection is not None else DEFAULT_COLLECTION
+        try:
+            from google.cloud import firestore
+        except ImportError as exc:
+            raise ConfigError(
+                "the Firestore store needs google-cloud-firestore: "
+                "pip install 'processor-guard[firestore]'"
+            ) from exc
+        try:
+            client = firestore.Client(project=project)
+        except Exception as exc:  # google.auth's DefaultCredentialsError and friends
+            raise ConfigError(
+                f"cannot create a Firestore client for project {project!r}: {exc}"
+            ) from exc
+        return cls(client, coll, owns_client=True)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _ref(self, key: str) -> Any:
+        return self._coll.document(_check_key(key))
+
+    def _cas(
+        self,
+        key: str,
+        decide: Callable[[Doc | None, dt.datetime], Doc | None],
+        *,
+        max_attempts: int,
+        base_delay: float,
+    ) -> CasOutcome:
+        return compare_and_set(
+            self.client,
+            self._ref(key),
+            decide,
+            key=key,
+            max_attempts=max_attempts,
+            base_delay=base_delay,
+            timeout=self.timeout,
+        )
+
+    @staticmethod
+    def _fence_of(doc: Doc | None) -> int:
+        fence = (doc or {}).get("fence")
+        return fence if isinstance(fence, int) and not isinstance(fence, bool) else 0
+
+    @staticmethod
+    def _live(doc: Doc | None, now: dt.datetime) -> bool:
+        if not doc or not isinstance(doc.get("owner"), str):
+            return False
+        expires = doc.get("expires")
+        return isinstance(expires, dt.datetime) and expires > now
+
+    def _holder(self, key: str, doc: Doc | None, now: dt.datetime) -> Holder | None:
+        if doc is None or not self._live(doc, now):
+            return None
+        remaining = (doc["expires"] - now).total_seconds()
+        return Holder(key, doc["owner"], self._fence_of(doc), remaining)
+
+    def _next_fence(self, doc: Doc | None, now: dt.datetime) -> int:
+        return max(self._fence_of(doc) + 1, fence_seed(now.timestamp()))
+
+    # ------------------------------------------------------------------ LeaseStore
+
+    def try_acquire(self, key: str, owner: str, ttl: float) -> AcquireResult:
+        _check_ttl(ttl)
+        busy: list[Holder | None] = [None]
+
+        def decide(doc: Doc | None, now: dt.datetime) -> Doc | None:
+            if self._live(doc, now):
+                busy[0] = self._holder(key, doc, now)
+                return None
+            expires = now + dt.timedelta(seconds=ttl)
+            new = dict(doc or {})
+            new.update(
+                owner=owner,
+                fence=self._next_fence(doc, now),
+                expires=expires,
+                expire_at=expires + self.cleanup_after,
+                ttl=float(ttl),
+                acquired_at=now,
+                renewed_at=now,
+                released_at=None,
+            )
+            return new
+
+        # A lost race re-reads at once: the winner then shows as busy.
+        outcome = self._cas(key, decide, max_attempts=4, base_delay=0.0)
+        if outcome.written:
+            assert outcome.after is not None
+            return AcquireResult(True, fence=int(outcome.after["fence"]))
+        return AcquireResult(False, holder=busy[0])
+
+    def renew(self, key: str, owner: str, fence: int, ttl: float) -> bool:
+        _check_ttl(ttl)
+
+        def decide(doc: Doc | None, now: dt.datetime) -> Doc | None:
+            if not self._ours(doc, owner, fence) or not self._live(doc, now):
+                return None
+            assert doc is not None
+            expires = now + dt.timedelta(seconds=ttl)
+            doc.update(expires=expires, expire_at=expires + self.cleanup_after, renewed_at=now)
+            return doc
+
+        outcome = self._cas(key, decide, max_attempts=20, base_delay=0.005)
+        if outcome.gave_up:
+            raise store_unavailable(TimeoutError("too many conflicting writes"), key, "renew")
+        return outcome.written
+
+    def release(self, key: str, owner: str, fence: int) -> bool:
+        def decide(doc: Doc | None, now: dt.datetime) -> Doc | None:
+            if not self._ours(doc, owner, fence):
+                return None
+            assert doc is not None
+            doc.update(
+                owner=None, expires=None, expire_at=now + self.cleanup_after, released_at=now
+            )
+            return doc
+
+        outcome = self._cas(key, decide, max_attempts=20, base_delay=0.005)
+        if outcome.gave_up:
+            raise store_unavailable(TimeoutError("too many conflicting writes"), key, "release")
+        return outcome.written
+
+    @staticmethod
+    def _ours(doc: Doc | None, owner: str, fence: int) -> bool:
+        return doc is not None and doc.get("owner") == owner and doc.get("fence") == fence
+
+    def holder(self, key: str) -> Holder | None:
+        snap = read_doc(self._ref(key), key=key, timeout=self.timeout)
+        return self._holder(key, snap.to_dict() if snap.exists else None, snap.read_time)
+
+    def holders(self) -> list[Holder]:
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        query = self._coll.where(filter=FieldFilter("expires", ">", dt.datetime(1970, 1, 1)))
+        try:
+            snaps = list(query.stream(retry=read_retry(self.timeout), timeout=self.timeout))
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise store_unavailable(exc, None, f"listing of {self.collection!r}") from exc
+            raise
+        found = (self._holder(s.id, s.to_dict(), s.read_time) for s in snaps)
+        return sorted((h for h in found if h is not None), key=lambda h: h.key)
+
+    def break_lease(self, key: str) -> int:
+        def decide(doc: Doc | None, now: dt.datetime) -> Doc | None:
+            new = dict(doc or {})
+            new.update(
+                owner=None,
+                fence=self._next_fence(doc, now),
+                expires=None,
+                expire_at=now + self.cleanup_after,
+                released_at=now,
+            )
+            return new
+
+        outcome = self._cas(key, decide, max_attempts=50, base_delay=0.005)
+        if not outcome.written:
+            raise store_unavailable(TimeoutError("too many conflicting writes"), key, "break")
+        assert outcome.after is not None
+        return int(outcome.after["fence"])
+
+    def close(self) -> None:
+        if self._owns_client:
+            self.client.close()
+
+    def __repr__(self) -> str:
+        project = getattr(self.client, "project", "?")
+        return f"<FirestoreStore {project}/{self.collection}>"
