@@ -91,3 +91,14 @@ def test_demo_rejects_a_bad_store_url_in_one_line(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert "mongodb://nope" in proc.stderr
+
+
+@pytest.mark.bigquery
+def test_demo_on_the_bigquery_emulator(tmp_path: Path, bigquery_emulator: Any) -> None:
+    url = (
+        f"bigquery://{bigquery_emulator.project}/demo_replay?endpoint={bigquery_emulator.endpoint}"
+    )
+    proc, summary = _demo(tmp_path, "--warehouse", url)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _assert_incident_and_fix(summary)
+    assert summary["warehouse"] == url

@@ -213,17 +213,26 @@ class WarehouseTarget:
 
     def create_tables(self) -> None:
         """(Re)create the five analytics tables empty."""
-        for table in demo_data.COLUMNS:
-            if self.kind == "duckdb":
+        if self.kind == "duckdb":
+            for table in demo_data.COLUMNS:
                 self.sql(f"DROP TABLE IF EXISTS {self.table(table)}")
-                self.sql(
-                    demo_data.create_table_sql(table, engine="duckdb", qualified=self.table(table))
-                )
-            else:
                 ddl = demo_data.create_table_sql(
-                    table, engine="bigquery", qualified=self.table(table)
+                    table, engine="duckdb", qualified=self.table(table)
                 )
-                self.sql(ddl.replace("CREATE TABLE IF NOT EXISTS", "CREATE OR REPLACE TABLE"))
+                self.sql(ddl)
+            return
+        from google.cloud import bigquery
+
+        client = self.bigquery()
+        client.create_dataset(f"{self.project}.{self.dataset}", exists_ok=True)
+        for table in demo_data.COLUMNS:
+            client.delete_table(self.table(table), not_found_ok=True)
+            spec = bigquery.Table(
+                self.table(table),
+                schema=[bigquery.SchemaField(c, t) for c, t in demo_data.COLUMNS[table]],
+            )
+            spec.time_partitioning = bigquery.TimePartitioning(field="game_date")
+            client.create_table(spec)
 
     def measure(self, table: str, day: dt.date) -> dict[str, int]:
         """Rows, distinct keys and duplicate rows of one table for one date."""
@@ -389,7 +398,7 @@ class NaiveSaver:
         cols = [c for c, _ in demo_data.COLUMNS[table]]
         if self.target.kind == "duckdb":
             return f"SELECT {', '.join('r.' + c for c in cols)} FROM (SELECT unnest($rows) AS r)"
-        return "SELECT * FROM UNNEST(@rows)"
+        return f"SELECT {', '.join(f'r.{c} AS {c}' for c in cols)} FROM UNNEST(@rows) AS r"
 
     def _run_with_rows(self, statement: str, table: str, rows: list[dict[str, Any]]) -> None:
         cols = [c for c, _ in demo_data.COLUMNS[table]]
