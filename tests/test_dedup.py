@@ -1,0 +1,266 @@
+"""dedupe_rows: normalised keys, deterministic choice, report, and bad input."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import logging
+import random
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from processor_guard import TABLES, ConfigError, DedupReport, InvalidRows, TableSpec, dedupe_rows
+
+UTC = dt.timezone.utc
+KEYS = ("game_date", "player_lookup")
+
+
+def test_reexports_table_specs() -> None:
+    assert isinstance(TABLES["player_game_summary"], TableSpec)
+    assert TABLES["team_defense_game_summary"].keys == ("game_date", "defending_team_abbr")
+
+
+def test_keeps_newest_and_reports() -> None:
+    rows = [
+        {
+            "game_date": "2026-02-03",
+            "player_lookup": "a",
+            "points": 1,
+            "processed_at": "2026-02-03T10:00:00Z",
+        },
+        {
+            "game_date": "2026-02-03",
+            "player_lookup": "b",
+            "points": 5,
+            "processed_at": "2026-02-03T10:00:00Z",
+        },
+        {
+            "game_date": "2026-02-03",
+            "player_lookup": "a",
+            "points": 2,
+            "processed_at": "2026-02-03T12:00:00Z",
+        },
+        {
+            "game_date": "2026-02-03",
+            "player_lookup": "b",
+            "points": 5,
+            "processed_at": "2026-02-03T09:00:00Z",
+        },
+    ]
+    out, report = dedupe_rows(rows, KEYS)
+    assert [(r["player_lookup"], r["points"]) for r in out] == [("a", 2), ("b", 5)]
+    assert report == DedupReport(4, 2, 2, 2, 1, report.conflict_examples)
+    assert len(report.conflict_examples) == 1
+    first, _ = dedupe_rows(rows, KEYS, keep="first")
+    assert [(r["player_lookup"], r["points"]) for r in first] == [("a", 1), ("b", 5)]
+
+
+def test_date_and_iso_string_are_one_key() -> None:
+    rows = [
+        {
+            "game_date": dt.date(2026, 2, 3),
+            "player_lookup": "a",
+            "processed_at": "2026-02-03T10:00:00",
+        },
+        {"game_date": "2026-02-03", "player_lookup": "a", "processed_at": "2026-02-03T11:00:00"},
+    ]
+    out, report = dedupe_rows(rows, KEYS)
+    assert len(out) == 1 and report.duplicate_keys == 1
+    assert out[0]["game_date"] == "2026-02-03"
+
+
+def test_timestamps_compare_as_instants() -> None:
+    later_local = "2026-02-03T12:30:00+02:00"  # 10:30 UTC
+    rows = [
+        {
+            "game_date": "2026-02-03",
+            "player_lookup": "a",
+            "v": 1,
+            "processed_at": dt.datetime(2026, 2, 3, 11, tzinfo=UTC),
+        },
+        {"game_date": "2026-02-03", "player_lookup": "a", "v": 2, "processed_at": later_local},
+        {
+            "game_date": "2026-02-03",
+            "player_lookup": "a",
+            "v": 3,
+            "processed_at": "2026-02-03 10:45:00",
+        },
+    ]
+    out, _ = dedupe_rows(rows, KEYS)
+    assert out[0]["v"] == 1  # 11:00 UTC is the newest instant
+    ts_key = [
+        {"processed_at": "2026-02-03T10:00:00Z", "x": 1},
+        {
+            "processed_at": dt.datetime(2026, 2, 3, 12, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+            "x": 2,
+        },
+        {"processed_at": dt.datetime(2026, 2, 3, 10), "x": 3},  # naive = UTC
+    ]
+    out, report = dedupe_rows(ts_key, ("processed_at",), order_by="x")
+    assert len(out) == 1 and out[0]["x"] == 3 and report.dropped_rows == 2
+
+
+def test_ties_broken_by_content_whatever_the_order() -> None:
+    base = {"game_date": "2026-02-03", "player_lookup": "a", "processed_at": "2026-02-03T10:00:00Z"}
+    rows = [dict(base, points=p) for p in (3, 9, 1)]
+    kept = {
+        dedupe_rows(perm, KEYS)[0][0]["points"] for perm in (rows, rows[::-1], rows[1:] + rows[:1])
+    }
+    assert len(kept) == 1
+
+
+def test_identical_duplicates_are_not_conflicts() -> None:
+    row = {
+        "game_date": "2026-02-03",
+        "player_lookup": "a",
+        "points": 1,
+        "processed_at": "2026-02-03T10:00:00Z",
+    }
+    again = dict(row, processed_at="2026-02-03T11:00:00Z")  # redelivery, same values
+    _, report = dedupe_rows([row, again, dict(row)], KEYS)
+    assert (report.duplicate_keys, report.conflicting_keys) == (1, 0)
+
+
+def test_conflicts_logged_at_warning(caplog: pytest.LogCaptureFixture) -> None:
+    rows = [{"game_date": "2026-02-03", "player_lookup": "a", "points": p} for p in range(5)]
+    with caplog.at_level(logging.WARNING, logger="processor_guard.dedup"):
+        _, report = dedupe_rows(rows, KEYS, order_by=None)
+    assert report.conflicting_keys == 1
+    assert any(
+        "different values" in r.message and r.levelno == logging.WARNING for r in caplog.records
+    )
+
+
+def test_never_mutates_input_and_returns_new_dicts() -> None:
+    rows = [
+        {"game_date": dt.date(2026, 2, 3), "player_lookup": "a", "processed_at": None, "l": [1]}
+    ]
+    snapshot = copy.deepcopy(rows)
+    out, _ = dedupe_rows(rows, KEYS)
+    assert rows == snapshot
+    assert out[0] == rows[0] and out[0] is not rows[0]
+    out[0]["player_lookup"] = "changed"
+    assert rows == snapshot
+
+
+def test_accepts_any_iterable_and_empty() -> None:
+    out, report = dedupe_rows(iter([]), KEYS)
+    assert out == [] and report == DedupReport(0, 0, 0, 0, 0)
+    gen = ({"game_date": "2026-02-03", "player_lookup": p} for p in "abca")
+    out, report = dedupe_rows(gen, KEYS, order_by=None)
+    assert [r["player_lookup"] for r in out] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("bad", "index", "column"),
+    [
+        ({"player_lookup": "x"}, 2, "game_date"),
+        ({"game_date": "2026-02-03", "player_lookup": None}, 2, "player_lookup"),
+        ({"game_date": "", "player_lookup": "x"}, 2, "game_date"),
+        ({"game_date": "2026-02-03", "player_lookup": "   "}, 2, "player_lookup"),
+        ({"game_date": "2026-02-03", "player_lookup": ["x"]}, 2, "player_lookup"),
+    ],
+)
+def test_bad_keys_name_row_and_column(bad: dict[str, Any], index: int, column: str) -> None:
+    good = [{"game_date": "2026-02-03", "player_lookup": p} for p in "ab"]
+    with pytest.raises(InvalidRows) as info:
+        dedupe_rows([*good, bad, *good], KEYS)
+    assert isinstance(info.value, ValueError)
+    assert (info.value.row_index, info.value.column) == (index, column)
+    assert f"row {index}" in str(info.value) and column in str(info.value)
+
+
+def test_non_mapping_row_and_bad_arguments() -> None:
+    with pytest.raises(InvalidRows, match="row 1"):
+        dedupe_rows([{"game_date": "d", "player_lookup": "p"}, ("d", "p")], KEYS)  # type: ignore[list-item]
+    with pytest.raises(ConfigError):
+        dedupe_rows([], "game_date")
+    with pytest.raises(ConfigError):
+        dedupe_rows([], ())
+    with pytest.raises(ConfigError):
+        dedupe_rows([], KEYS, keep="newest")
+
+
+# -- properties ----------------------------------------------------------------------
+
+_day = st.sampled_from([dt.date(2026, 2, 3), dt.date(2026, 2, 4)])
+_stamp = st.sampled_from([dt.datetime(2026, 2, 3, h, tzinfo=UTC) for h in (9, 10, 11)] + [None])
+
+
+@st.composite
+def _row(draw: Any) -> dict[str, Any]:
+    day = draw(_day)
+    stamp = draw(_stamp)
+    return {
+        "game_date": day if draw(st.booleans()) else day.isoformat(),
+        "player_lookup": draw(st.sampled_from(["lebronjames", "stephencurry", "a"])),
+        "points": draw(st.integers(0, 3)),
+        "processed_at": stamp if stamp is None or draw(st.booleans()) else stamp.isoformat(),
+    }
+
+
+_rows = st.lists(_row(), max_size=30)
+
+
+def _canon(rows: list[dict[str, Any]]) -> list[str]:
+    def norm(v: Any) -> Any:
+        if isinstance(v, dt.datetime):
+            return v.isoformat()
+        if isinstance(v, dt.date):
+            return v.isoformat()
+        if isinstance(v, str) and "T" in v:
+            return dt.datetime.fromisoformat(v).isoformat()
+        return v
+
+    return sorted(json.dumps({k: norm(v) for k, v in r.items()}, sort_keys=True) for r in rows)
+
+
+def _key(row: dict[str, Any]) -> tuple[str, str]:
+    day = row["game_date"]
+    return (day if isinstance(day, str) else day.isoformat(), row["player_lookup"])
+
+
+@given(_rows, st.sampled_from(["last", "first"]))
+@settings(max_examples=200, deadline=None)
+def test_property_idempotent(rows: list[dict[str, Any]], keep: str) -> None:
+    once, _ = dedupe_rows(rows, KEYS, keep=keep)
+    twice, report = dedupe_rows(once, KEYS, keep=keep)
+    assert twice == once
+    assert report.dropped_rows == 0 and report.duplicate_keys == 0
+
+
+@given(_rows, st.randoms(use_true_random=False), st.sampled_from(["last", "first"]))
+@settings(max_examples=200, deadline=None)
+def test_property_input_order_irrelevant(
+    rows: list[dict[str, Any]], rnd: random.Random, keep: str
+) -> None:
+    shuffled = rows[:]
+    rnd.shuffle(shuffled)
+    assert _canon(dedupe_rows(rows, KEYS, keep=keep)[0]) == _canon(
+        dedupe_rows(shuffled, KEYS, keep=keep)[0]
+    )
+
+
+@given(_rows)
+@settings(max_examples=200, deadline=None)
+def test_property_one_row_per_key_and_newest(rows: list[dict[str, Any]]) -> None:
+    snapshot = copy.deepcopy(rows)
+    out, report = dedupe_rows(rows, KEYS)
+    keys = {_key(r) for r in rows}
+    assert len(out) == len(keys) <= len(rows)
+    assert {_key(r) for r in out} == keys
+    assert report.output_rows + report.dropped_rows == report.input_rows == len(rows)
+    assert rows == snapshot
+
+    def instant(v: Any) -> dt.datetime:
+        if v is None:
+            return dt.datetime.min.replace(tzinfo=UTC)
+        return v if isinstance(v, dt.datetime) else dt.datetime.fromisoformat(v)
+
+    for kept in out:
+        group = [r for r in rows if _key(r) == _key(kept)]
+        assert instant(kept["processed_at"]) == max(instant(r["processed_at"]) for r in group)
