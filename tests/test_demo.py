@@ -102,3 +102,15 @@ def test_demo_on_the_bigquery_emulator(tmp_path: Path, bigquery_emulator: Any) -
     assert proc.returncode == 0, proc.stdout + proc.stderr
     _assert_incident_and_fix(summary)
     assert summary["warehouse"] == url
+
+
+@pytest.mark.firestore
+def test_demo_on_the_firestore_emulator(tmp_path: Path, firestore_emulator: Any) -> None:
+    """Leases and the completion document on Firestore (FIRESTORE_EMULATOR_HOST is
+    inherited by the demo and its processes)."""
+    firestore_emulator.start()
+    firestore_emulator.reset()
+    proc, summary = _demo(tmp_path, "--store", f"firestore://{firestore_emulator.project}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _assert_incident_and_fix(summary)
+    assert summary["completion"] == f"firestore://{firestore_emulator.project}"

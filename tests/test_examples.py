@@ -87,18 +87,31 @@ def _tracker(client: Any, published: list[str]) -> CompletionTracker:
     return CompletionTracker(client, "phase3", list(EXPECTED_PROCESSORS), publish=publish)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("firestore", marks=pytest.mark.firestore),
+    ]
+)
 def env(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Env]:
-    if request.param == "redis":
-        url = request.getfixturevalue("redis_url")
+    """Embedded (SQLite leases and completion), Redis leases, or Firestore for both."""
+    client: Any
+    if request.param == "firestore":
+        client = request.getfixturevalue("firestore_client")
+        url = f"firestore://{request.getfixturevalue('firestore_emulator').project}"
     else:
-        url = f"sqlite:///{tmp_path}/leases.db"
+        client = SQLiteDocumentClient(tmp_path / "completion.db")
+        if request.param == "redis":
+            url = request.getfixturevalue("redis_url")
+        else:
+            url = f"sqlite:///{tmp_path}/leases.db"
     monkeypatch.setenv("PROCESSOR_GUARD_STORE", url)
-    client = SQLiteDocumentClient(tmp_path / "completion.db")
     yield Env(tmp_path, url, _tracker(client, []))
-    client.close()
+    if request.param != "firestore":
+        client.close()
 
 
 def test_processor_writes_one_row_per_player_and_records_completion(env: Env) -> None:
