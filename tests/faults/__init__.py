@@ -1,0 +1,1 @@
+"""Fault-injection suite: paused holders, killed stores, bad networks, clocks, keepers."""

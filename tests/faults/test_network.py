@@ -1,0 +1,155 @@
+"""Slow and cut links to Redis: outages are StoreUnavailable, never "free" or "held"."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from faults.conftest import require_store
+from faults.proxy import LOOPBACK, FaultyProxy
+from processor_guard import LeaseLost, LeaseStore, LockBusy, StoreUnavailable, date_lock
+
+pytestmark = pytest.mark.redis
+
+TIMEOUT = 0.4  # client socket timeout for the short-fused stores below
+
+
+@pytest.fixture
+def proxy(redis_url: str) -> Iterator[FaultyProxy]:
+    require_store("redis_store")
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    link = FaultyProxy(port)
+    try:
+        yield link
+    finally:
+        link.close()
+
+
+def short_fused(port: int, timeout: float = TIMEOUT) -> LeaseStore:
+    """A RedisStore whose client gives up after ``timeout`` seconds."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from processor_guard.stores.redis_store import RedisStore
+
+    client = redis.Redis(
+        host=LOOPBACK,
+        port=port,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1),
+    )
+    return RedisStore(client)
+
+
+def direct(redis_url: str) -> LeaseStore:
+    from processor_guard.stores.redis_store import RedisStore
+
+    return RedisStore.from_url(redis_url)
+
+
+@pytest.mark.parametrize("fault", ["stall", "cut"])
+def test_acquire_through_a_dead_link_is_store_unavailable(
+    proxy: FaultyProxy, redis_url: str, fault: str
+) -> None:
+    store = short_fused(proxy.port)
+    assert store.holder("net:2026-02-03") is None  # the healthy link works
+    getattr(proxy, fault)()
+    for wait in (0.0, 1.0):
+        with (
+            pytest.raises(StoreUnavailable),
+            date_lock("net", "2026-02-03", store=store, wait=wait),
+        ):
+            pytest.fail("acquired through a dead link")
+    with pytest.raises(StoreUnavailable):
+        store.holder("net:2026-02-03")  # an outage is never reported as "free"
+    with pytest.raises(StoreUnavailable):
+        store.holders()
+    # Nothing was left behind on the server: the key is free for a healthy client.
+    healthy = direct(redis_url)
+    assert healthy.holder("net:2026-02-03") is None
+    with date_lock("net", "2026-02-03", store=healthy, wait=0):
+        pass
+    proxy.heal()
+    with date_lock("net", "2026-02-03", store=store, wait=0) as again:
+        again.check()
+    healthy.close()
+    store.close()
+
+
+@pytest.mark.parametrize("fault", ["stall", "cut"])
+def test_held_lease_is_lost_by_its_deadline(proxy: FaultyProxy, redis_url: str, fault: str) -> None:
+    # Client timeouts longer than the ttl: the loss must come from the lease's own
+    # deadline, not from the client giving up.
+    store = short_fused(proxy.port, timeout=1.0)
+    healthy = direct(redis_url)
+    ttl = 0.6
+    lost_remaining: list[float] = []
+    with (
+        pytest.raises(LeaseLost),
+        date_lock(
+            "net",
+            "2026-02-03",
+            store=store,
+            ttl=ttl,
+            on_lost=lambda lease: lost_remaining.append(lease.remaining),
+        ) as lease,
+    ):
+        getattr(proxy, fault)()
+        assert lease.lost.wait(lease.remaining + 2.0), "lease outlived its deadline on a dead link"
+        with pytest.raises(LeaseLost):
+            lease.check()
+        # Lost on the deadline, not before a renewal could have saved it.
+        assert lost_remaining == [0.0]
+        # The server still holds the lease until its own expiry: a competitor is refused
+        # (never read as free because the holder's link is down).
+        other = healthy.holder(lease.key)
+        if other is not None:
+            assert (other.owner, other.fence) == (lease.owner, lease.fence)
+            with pytest.raises(LockBusy), date_lock("net", "2026-02-03", store=healthy, wait=0):
+                pass
+    with date_lock("net", "2026-02-03", store=healthy, wait=ttl * 3) as successor:
+        assert successor.fence > lease.fence
+    proxy.heal()
+    store.close()
+    healthy.close()
+
+
+def test_slow_link_under_the_timeout_keeps_the_lease(proxy: FaultyProxy) -> None:
+    store = short_fused(proxy.port)
+    proxy.latency = TIMEOUT / 8  # each direction: a round trip stays well under the timeout
+    renewed: list[int] = []
+    # Room for the first call of each script on a fresh connection (handshake,
+    # NOSCRIPT, SCRIPT LOAD: several round trips) inside one renewal period.
+    ttl = 1.5
+    from processor_guard import LeaseHooks
+
+    hooks = LeaseHooks(renewed=lambda lease: renewed.append(lease.fence))
+    with date_lock("net", "2026-02-03", store=store, ttl=ttl, hooks=hooks) as lease:
+        while len(renewed) < 4:  # more than a ttl's worth of renewals over the slow link
+            assert not lease.lost.wait(0.05), lease.lost_reason
+        lease.check()
+    assert set(renewed) == {lease.fence}
+    store.close()
+
+
+def test_slow_link_over_the_timeout_is_unavailable_and_never_free(
+    proxy: FaultyProxy, redis_url: str
+) -> None:
+    store = short_fused(proxy.port)
+    healthy = direct(redis_url)
+    proxy.latency = TIMEOUT * 1.5
+    with pytest.raises(StoreUnavailable), date_lock("net", "2026-02-03", store=store, ttl=1.0):
+        pytest.fail("acquired although every reply came after the timeout")
+    # The script may still have run on the server: then the key is held, never
+    # handed to a second owner before it expires; either way fences only rise.
+    with date_lock("net", "2026-02-03", store=healthy, ttl=1.0, wait=3.0) as lease:
+        held = healthy.holder(lease.key)
+        assert held is not None and held.fence == lease.fence
+    proxy.heal()
+    with date_lock("net", "2026-02-03", store=healthy, wait=0) as later:
+        assert later.fence > lease.fence
+    store.close()
+    healthy.close()
