@@ -11,7 +11,8 @@ Pub/Sub retries every answer except 102/200/201/202/204, so the status is the co
 * 500: the lease was lost (``LeaseLost``/``StaleFence``) or the processor failed;
   redelivery retries the whole run under a new lease.
 
-Run it: ``PROCESSOR_GUARD_STORE=sqlite:///tmp/leases.db python examples/push_endpoint.py``
+Run it: ``PROCESSOR_GUARD_STORE=sqlite:///tmp/leases.db DATA_DIR=/tmp PORT=8080 python
+examples/push_endpoint.py`` (player_game_summary into ``$DATA_DIR/warehouse.duckdb``).
 """
 
 from __future__ import annotations
@@ -91,24 +92,24 @@ def make_app(make_processor: Callable[[], Processor]) -> Callable[..., Iterable[
 def main() -> None:
     """Serve player_game_summary on DuckDB and a local completion document (a sketch)."""
     sys.path.insert(0, str(Path(__file__).parent))
+    import duckdb
     from player_game_summary import PlayerGameSummaryProcessor
 
     from processor_guard import CompletionTracker
-    from processor_guard.demo_data import EXPECTED_PROCESSORS
+    from processor_guard.demo_data import EXPECTED_PROCESSORS, create_table_sql
     from processor_guard.docstore import SQLiteDocumentClient
 
     folder = Path(os.environ.get("DATA_DIR", "."))
+    warehouse = str(folder / "warehouse.duckdb")
+    with duckdb.connect(warehouse) as con:
+        con.execute(create_table_sql("player_game_summary"))
     tracker = CompletionTracker(
         SQLiteDocumentClient(folder / "completion.db"), "phase3", list(EXPECTED_PROCESSORS)
     )
-    app = make_app(
-        lambda: PlayerGameSummaryProcessor(
-            str(folder / "warehouse.duckdb"), tracker, dataset="main"
-        )
-    )
+    app = make_app(lambda: PlayerGameSummaryProcessor(warehouse, tracker, dataset="main"))
     port = int(os.environ.get("PORT", "8080"))
     with make_server(os.environ.get("HOST", "127.0.0.1"), port, app) as server:
-        log.warning("listening on %s:%s", *server.server_address[:2])
+        print("listening on {}:{}".format(*server.server_address[:2]), file=sys.stderr, flush=True)
         server.serve_forever()
 
 

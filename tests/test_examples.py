@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
+import subprocess
 import sys
 import threading
 import uuid
@@ -17,6 +19,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 import duckdb
 import pytest
 
+from fixtures.services import free_port, port_open, spawn, stop_process, wait_until
 from processor_guard import (
     CompletionTracker,
     LockBusy,
@@ -247,3 +250,34 @@ def test_push_endpoint_rejects_other_methods(endpoint: tuple[Env, int, list[type
         assert conn.getresponse().status == 405
     finally:
         conn.close()
+
+
+def test_push_endpoint_script_serves_pubsub_pushes(tmp_path: Path) -> None:
+    """``python examples/push_endpoint.py`` as Cloud Run would start it (on loopback)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "DATA_DIR": str(tmp_path),
+        "PROCESSOR_GUARD_STORE": f"sqlite:///{tmp_path}/leases.db",
+    }
+    proc = spawn(
+        [sys.executable, str(EXAMPLES / "push_endpoint.py")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: port_open(port), 30, "examples/push_endpoint.py")
+        assert _push(port, {"game_date": DAY})[0] == 204
+        assert _push(port, {"game_date": DAY})[0] == 204  # a redelivery: still one row each
+    finally:
+        stop_process(proc)
+    con = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
+    try:
+        rows, keys = con.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT player_lookup) FROM player_game_summary"
+        ).fetchone()
+    finally:
+        con.close()
+    assert rows == keys == ALL_ROWS
