@@ -27,7 +27,7 @@ from fixtures.firestore_emulator import FirestoreEmulator
 from fixtures.services import LOOPBACK, free_port, wait_until
 from processor_guard import ConfigError, LeaseLost, StoreUnavailable, date_lock, open_store
 from processor_guard.firestore_util import compare_and_set, optimistic_update
-from processor_guard.stores.base import fence_seed
+from processor_guard.stores.base import PollingWaiter, fence_seed
 from processor_guard.stores.firestore_store import DEFAULT_COLLECTION, FirestoreStore
 
 pytestmark = pytest.mark.firestore
@@ -248,6 +248,42 @@ def test_processes_exclude_each_other_with_monotonic_fences(
     assert int(counter.read_text()) == 3 * per_process == len(seen)
     fences = [fence for _, fence in sorted(seen)]
     assert all(a < b for a, b in itertools.pairwise(fences))
+
+
+def test_release_wakes_a_listening_waiter(store: FirestoreStore) -> None:
+    held = store.try_acquire(KEY, "a", 30)
+    assert held.fence is not None
+    with store.release_waiter(KEY) as waiter:
+        assert waiter.wait(0.3) is False  # still held: only the timeout ends the wait
+        timer = threading.Timer(0.2, store.release, args=(KEY, "a", held.fence))
+        timer.start()
+        assert waiter.wait(30) is True  # a release notice, not the 30 s timeout
+        timer.join()
+    with store.release_waiter("never-held:2026-02-03") as free:
+        assert free.wait(30) is True  # the first snapshot already shows it free
+
+
+def test_waiting_date_lock_takes_over_when_the_holder_leaves(store: FirestoreStore) -> None:
+    order: list[str] = []
+    holding = threading.Event()
+
+    def holder() -> None:
+        with date_lock("pgs", "2026-02-03", store=store, ttl=30, owner="first") as lease:
+            holding.set()
+            time.sleep(0.3)
+            order.append(f"first released {lease.fence}")
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert holding.wait(30)
+    with date_lock("pgs", "2026-02-03", store=store, ttl=30, wait=30, owner="second") as lease:
+        order.append(f"second acquired {lease.fence}")
+    thread.join()
+    assert [o.split()[0] for o in order] == ["first", "second"]
+    assert int(order[1].split()[-1]) > int(order[0].split()[-1])
+    polling = FirestoreStore(store.client, store.collection, listen=False)
+    with polling.release_waiter(KEY) as waiter:
+        assert isinstance(waiter, PollingWaiter)
 
 
 # --------------------------------------------------------------------------- fences

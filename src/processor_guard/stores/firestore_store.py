@@ -27,11 +27,16 @@ Guarantees:
 - Fences: ``max(stored fence + 1, fence_seed(read_time))``, so they keep increasing
   even when TTL clean-up (or a person) deleted the document.
 - Release clears the holder but keeps the document, so the stored fence survives.
+- Waiters listen to the key's document (``on_snapshot``) and wake the moment a
+  snapshot shows it free; a listener that cannot be set up or breaks leaves the
+  waiter sleeping its (jittered, capped) timeout, i.e. plain polling.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -45,12 +50,13 @@ from ..firestore_util import (
     read_retry,
     store_unavailable,
 )
-from .base import AcquireResult, Holder, LeaseStore, fence_seed
+from .base import AcquireResult, Holder, LeaseStore, ReleaseWaiter, fence_seed
 
 __all__ = ["DEFAULT_COLLECTION", "FirestoreStore"]
 
 DEFAULT_COLLECTION = "processor_guard_leases"
 Doc = dict[str, Any]
+log = logging.getLogger("processor_guard.stores.firestore")
 
 
 def _check_key(key: object) -> str:
@@ -80,13 +86,52 @@ def _check_collection(collection: object) -> str:
     return collection
 
 
+def _live(doc: Doc | None, now: dt.datetime) -> bool:
+    """A document holds a live lease at server time ``now``."""
+    if not doc or not isinstance(doc.get("owner"), str):
+        return False
+    expires = doc.get("expires")
+    return isinstance(expires, dt.datetime) and expires > now
+
+
+class _SnapshotWaiter(ReleaseWaiter):
+    """Woken by a snapshot listener on the key's document when it shows the key free."""
+
+    def __init__(self, doc_ref: Any, key: str) -> None:
+        self._key = key
+        self._free = threading.Event()
+        self._watch: Any = None
+        try:
+            self._watch = doc_ref.on_snapshot(self._on_snapshot)
+        except Exception as exc:
+            log.debug("no release notices for %s, polling instead: %r", key, exc)
+
+    def _on_snapshot(self, docs: list[Any], changes: Any, read_time: dt.datetime) -> None:
+        if not any(_live(d.to_dict(), read_time) for d in docs if d.exists):
+            self._free.set()
+
+    def wait(self, timeout: float) -> bool:
+        woke = self._free.wait(max(timeout, 0.0))
+        self._free.clear()
+        return woke
+
+    def close(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            try:
+                watch.unsubscribe()
+            except Exception as exc:
+                log.debug("closing the release listener for %s failed: %r", self._key, exc)
+
+
 class FirestoreStore(LeaseStore):
     """Leases in a Firestore collection (default ``processor_guard_leases``).
 
     ``timeout`` bounds each Firestore call (reads including their retries), so an
     unreachable server raises StoreUnavailable within seconds. ``cleanup_after`` is how
     long after a lease's expiry its ``expire_at`` TTL field lets Firestore delete the
-    document; fences stay monotonic either way.
+    document; fences stay monotonic either way. ``listen=False`` makes waiters poll
+    instead of listening for releases.
     """
 
     scheme = "firestore"
@@ -98,6 +143,7 @@ class FirestoreStore(LeaseStore):
         *,
         timeout: float = DEFAULT_TIMEOUT,
         cleanup_after: float = 7 * 86400.0,
+        listen: bool = True,
         owns_client: bool = False,
     ) -> None:
         if not timeout > 0:
@@ -108,6 +154,7 @@ class FirestoreStore(LeaseStore):
         self.collection = _check_collection(collection)
         self.timeout = float(timeout)
         self.cleanup_after = dt.timedelta(seconds=cleanup_after)
+        self.listen = listen
         self._owns_client = owns_client
         self._coll = client.collection(self.collection)
 
@@ -160,12 +207,7 @@ class FirestoreStore(LeaseStore):
         fence = (doc or {}).get("fence")
         return fence if isinstance(fence, int) and not isinstance(fence, bool) else 0
 
-    @staticmethod
-    def _live(doc: Doc | None, now: dt.datetime) -> bool:
-        if not doc or not isinstance(doc.get("owner"), str):
-            return False
-        expires = doc.get("expires")
-        return isinstance(expires, dt.datetime) and expires > now
+    _live = staticmethod(_live)
 
     def _holder(self, key: str, doc: Doc | None, now: dt.datetime) -> Holder | None:
         if doc is None or not self._live(doc, now):
@@ -276,6 +318,11 @@ class FirestoreStore(LeaseStore):
             raise store_unavailable(TimeoutError("too many conflicting writes"), key, "break")
         assert outcome.after is not None
         return int(outcome.after["fence"])
+
+    def release_waiter(self, key: str) -> ReleaseWaiter:
+        if not self.listen:
+            return super().release_waiter(key)
+        return _SnapshotWaiter(self._ref(key), key)
 
     def close(self) -> None:
         if self._owns_client:
