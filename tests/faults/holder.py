@@ -27,33 +27,29 @@ def say(**payload: Any) -> None:
 
 def stale_write(duckdb_path: str, table: str, fence: int, round_no: int) -> str:
     """Write the way a holder paused between its last check and its write would."""
-    import duckdb
-
     from processor_guard import safe_merge
 
     rows = [
         {"game_date": "2026-02-03", "player_lookup": f"player{i}", "points": -1 - round_no}
         for i in range(3)
     ]
-    conn = duckdb.connect(duckdb_path)
     try:
         # An empty context: no current lease, so only the fence stands between this
         # write and the table, as when the pause fell after the holder's last check.
         contextvars.Context().run(
             safe_merge,
-            conn,
+            duckdb_path,
             table,
             rows,
             keys=("game_date", "player_lookup"),
             partition_field="game_date",
+            order_by=None,
             fence=fence,
         )
     except StaleFence:
         return "StaleFence"
     except Exception as exc:
         return f"unexpected {type(exc).__name__}: {exc}"
-    finally:
-        conn.close()
     return "written"
 
 

@@ -33,21 +33,21 @@ def create_table(path: Path) -> None:
 
 def successor_write(path: Path, points: int) -> None:
     """Write three rows under the current lease (its fence comes from current_lease())."""
-    import duckdb
-
     from processor_guard import safe_merge
 
     rows = [
         {"game_date": "2026-02-03", "player_lookup": f"player{i}", "points": points}
         for i in range(3)
     ]
-    conn = duckdb.connect(str(path))
-    try:
-        safe_merge(
-            conn, TABLE, rows, keys=("game_date", "player_lookup"), partition_field="game_date"
-        )
-    finally:
-        conn.close()
+    result = safe_merge(
+        str(path),
+        TABLE,
+        rows,
+        keys=("game_date", "player_lookup"),
+        partition_field="game_date",
+        order_by=None,
+    )
+    assert result.fence is not None and result.inserted + result.updated == 3
 
 
 def table_points(path: Path) -> list[tuple[str, int]]:
