@@ -423,46 +423,35 @@ class NaiveSaver:
 
 
 class NaiveCompletion:
-    """ANTI-PATTERN: a stored counter bumped per message, read-modify-write, no dedup."""
+    """ANTI-PATTERN: the old orchestrator's document, ``phase3_completion/{date}``.
+
+    A stored ``_completed_count`` bumped once per message by read-modify-write, with no
+    precondition and no dedup, so duplicates and redeliveries are counted.
+    """
 
     def __init__(self, path: Path, publish: Callable[[str], str]) -> None:
-        self.path = str(path)
+        from .docstore import SQLiteDocumentClient
+
+        self.client = SQLiteDocumentClient(path)
         self.publish = publish
-        db = sqlite3.connect(self.path, timeout=30)
-        db.execute("CREATE TABLE IF NOT EXISTS doc (day TEXT PRIMARY KEY, body TEXT)")
-        db.commit()
-        db.close()
 
-    def _read(self, day: str) -> dict[str, Any]:
-        db = sqlite3.connect(self.path, timeout=30)
-        try:
-            row = db.execute("SELECT body FROM doc WHERE day = ?", (day,)).fetchone()
-        finally:
-            db.close()
-        return json.loads(row[0]) if row else {}
+    def _ref(self, day: str) -> Any:
+        return self.client.collection(f"{PHASE}_completion").document(day)
 
-    def _write(self, day: str, body: dict[str, Any]) -> None:
-        db = sqlite3.connect(self.path, timeout=30)
-        try:
-            db.execute("INSERT OR REPLACE INTO doc VALUES (?, ?)", (day, json.dumps(body)))
-            db.commit()
-        finally:
-            db.close()
-
-    def record(self, day: str, processor: str) -> dict[str, Any]:
-        doc = self._read(day)
-        doc[processor] = {"status": "success"}
+    def record(self, day: str, processor: str, record_count: int) -> dict[str, Any]:
+        doc = self.state(day)
+        doc[processor] = {"status": "success", "record_count": record_count}
         doc["_completed_count"] = int(doc.get("_completed_count", 0)) + 1
-        if doc["_completed_count"] >= len(demo_data.EXPECTED_PROCESSORS) and not doc.get(
-            "_triggered"
-        ):
+        expected = len(demo_data.EXPECTED_PROCESSORS)
+        if doc["_completed_count"] >= expected and not doc.get("_triggered"):
             self.publish(day)
             doc["_triggered"] = True
-        self._write(day, doc)
+            doc["_triggered_at"] = dt.datetime.now(dt.timezone.utc)
+        self._ref(day).set(doc)
         return doc
 
     def state(self, day: str) -> dict[str, Any]:
-        return self._read(day)
+        return self._ref(day).get().to_dict() or {}
 
 
 # --------------------------------------------------------------------------- workers
@@ -539,11 +528,11 @@ def _worker_unguarded(cfg: WorkerConfig, events: Events) -> None:
         rows = demo_data.table_rows(table, games)
         events.emit("running", table=table, games=len(games), rows=len(rows))
         saver.save(table, rows, day)
-        doc = naive_done.record(day.isoformat(), table)
+        doc = naive_done.record(day.isoformat(), table, len(rows))
         events.emit("completion", table=table, count=doc["_completed_count"])
     if cfg.role == "others":
         # Pub/Sub delivers at least once: the same completion message arrives again.
-        doc = naive_done.record(day.isoformat(), tables[0])
+        doc = naive_done.record(day.isoformat(), tables[0], 20)
         events.emit("completion", table=tables[0], count=doc["_completed_count"], duplicate=True)
 
 
@@ -739,7 +728,10 @@ class RunResult:
             and self.unique_keys == expected_rows
             and self.duplicates == 0
             and self.delete_statements == 0
-            and all(t["duplicates"] == 0 for t in self.other_tables.values())
+            and all(
+                t["duplicates"] == 0 and t["rows"] == t["expected"]
+                for t in self.other_tables.values()
+            )
             and self.completion_count == self.completion_expected
             and self.triggers == 1
             and not self.errors
@@ -888,7 +880,11 @@ def _measure(
         pgs["unique_keys"],
         pgs["duplicates"],
     )
-    res.other_tables = {t: target.measure(t, day) for t in demo_data.EXPECTED_PROCESSORS[1:]}
+    games = demo_data.games_for()
+    res.other_tables = {
+        t: {**target.measure(t, day), "expected": len(demo_data.table_rows(t, games))}
+        for t in demo_data.EXPECTED_PROCESSORS[1:]
+    }
     # Naive path: its own DELETEs; guarded path: DELETEs among the statements it sent.
     res.delete_statements = sum(1 for ev in evs if ev["event"] == "delete") + sum(
         int(ev["deletes"]) for ev in evs if ev["event"] == "statements"
@@ -1010,11 +1006,11 @@ def run_demo(
     folder = folder.resolve()
     if on_busy not in ("wait", "refuse"):
         raise ConfigError(f"on_busy must be 'wait' or 'refuse', got {on_busy!r}")
-    store_url = store or f"sqlite:///{folder}/leases.db"
+    store_url = store or f"sqlite://{folder}/leases.db"
     from .stores import open_store
 
     open_store(store_url).close()  # a bad URL fails here, with the supported schemes
-    completion_url = f"sqlite:///{folder}/completion.db"
+    completion_url = f"sqlite://{folder}/completion.db"
     if store_url.startswith("firestore://"):
         completion_url = f"firestore://{urlsplit(store_url).netloc}"
     for name in ("completion.db", "naive-completion.db"):
@@ -1027,7 +1023,7 @@ def run_demo(
     console.print(f"  folder {folder}\n  lease store {store_url}\n  completion {completion_url}")
     results: dict[str, RunResult] = {}
     for mode in MODES:
-        wh_url = warehouse or f"duckdb:///{folder}/{mode}.duckdb"
+        wh_url = warehouse or f"duckdb://{folder}/{mode}.duckdb"
         target = WarehouseTarget.parse(wh_url)
         base = WorkerConfig(
             mode=mode,
@@ -1051,7 +1047,7 @@ def run_demo(
         "game_date": demo_data.DEMO_DATE.isoformat(),
         "store": store_url,
         "completion": completion_url,
-        "warehouse": warehouse or f"duckdb:///{folder}/<mode>.duckdb",
+        "warehouse": warehouse or f"duckdb://{folder}/<mode>.duckdb",
         "expected_player_rows": sum(g.player_count for g in demo_data.games_for()),
         "unguarded": results["unguarded"].to_dict(),
         "guarded": results["guarded"].to_dict(),
@@ -1060,6 +1056,16 @@ def run_demo(
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     verdict = "[green]guarded run clean[/]" if summary["clean"] else "[red]guarded run NOT clean[/]"
     console.print(f"{verdict}; summary written to {folder / 'summary.json'}")
+    if not warehouse and completion_url.startswith("sqlite://"):
+        console.print("Look at what each replay left behind:", highlight=False)
+        for mode, doc in (("unguarded", "naive-completion.db"), ("guarded", "completion.db")):
+            console.print(
+                f"  processor-guard health --date {demo_data.DEMO_DATE} "
+                f"--warehouse duckdb://{folder}/{mode}.duckdb --completion sqlite://{folder}/{doc}",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
     return summary
 
 
