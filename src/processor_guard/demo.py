@@ -500,12 +500,11 @@ def _gate(cfg: WorkerConfig, events: Events) -> Callable[[], None]:
 
     def wait_for_instance_2() -> None:
         events.emit("mid-save")
-        arrived = events.wait_for(
-            lambda ev: (
-                ev.get("who") == "instance-2" and ev.get("event") in ("merge-started", "lease-wait")
-            )
-        )
-        if arrived is not None and arrived["event"] == "lease-wait":
+        if cfg.mode == "unguarded":
+            events.wait_for(_is("instance-2", "merge-started"))
+        elif cfg.on_busy == "refuse":
+            events.wait_for(_is("instance-2", "refused"))
+        elif events.wait_for(_is("instance-2", "lease-wait")) is not None:
             time.sleep(0.15)  # let its acquisition attempt reach the store
 
     return wait_for_instance_2
