@@ -776,7 +776,7 @@ def _describe(ev: dict[str, Any]) -> str | None:
     if e == "lease-released":
         return f"lease {ev['key']} released"
     if e == "lease-wait" and ev.get("delivery", 1) == 1:
-        return "waits for the lease held by instance-1"
+        return "asks for the lease on the date (instance-1 holds it)"
     if e == "refused":
         return f"[yellow]LockBusy[/] -> HTTP 409, Pub/Sub redelivers (delivery {ev['delivery']})"
     if e == "completion":
