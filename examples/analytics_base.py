@@ -27,6 +27,7 @@ from processor_guard import (
     guarded,
     safe_merge,
 )
+from processor_guard.leases import date_range
 
 log = logging.getLogger(__name__)
 
@@ -55,21 +56,21 @@ class AnalyticsProcessorBase:
     def run(self, opts: dict[str, Any]) -> bool:
         run_id = str(opts.get("run_id") or uuid.uuid4().hex)
         try:
-            rows = self.transform(self.extract(opts), opts)
-            self.save(rows)
+            written = self.save(self.transform(self.extract(opts), opts))
         except GuardError:
-            raise  # LeaseLost / StaleFence: another instance owns the date now
+            # LeaseLost / StaleFence (another instance owns the date now), MergeFailed,
+            # InvalidRows: let them out so the push endpoint answers 500.
+            raise
         except Exception:
             log.exception("%s failed for %s", self.table, opts.get("end_date"))
             return False
         # Still under the lease: completion can never run ahead of the data.
-        self.tracker.record(
-            opts["end_date"], self.table, execution_id=run_id, record_count=len(rows)
-        )
+        for day in date_range(opts["start_date"], opts["end_date"]):
+            self.tracker.record(day, self.table, execution_id=run_id, record_count=written)
         return True
 
     def save(self, rows: list[dict[str, Any]]) -> int:
-        """Dedup, then one fenced MERGE that retries only real write conflicts."""
+        """Dedup, then one fenced MERGE that retries only real write conflicts; rows kept."""
         rows, report = dedupe_rows(rows, keys=self.spec.keys, order_by=self.spec.order_by)
         if report.dropped_rows:
             log.warning("%s: dropped %d duplicate rows", self.table, report.dropped_rows)
@@ -80,4 +81,5 @@ class AnalyticsProcessorBase:
             keys=self.spec.keys,
             partition_field=self.spec.partition_field,
         )  # fence=None: the fence of the lease run() holds
-        return result.inserted + result.updated
+        log.info("%s: %d inserted, %d updated", self.table, result.inserted, result.updated)
+        return len(rows)
