@@ -81,16 +81,18 @@ def test_demo_on_redis_with_refusal_and_redelivery(tmp_path: Path, redis_url: st
     assert summary["guarded"]["refusals"] >= 1
 
 
-def test_demo_rejects_a_bad_store_url_in_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("url", ["mongodb://nope", "memory://"])
+def test_demo_rejects_a_bad_store_url_in_one_line(tmp_path: Path, url: str) -> None:
     proc = subprocess.run(
-        [*_cli(), "demo", "--dir", str(tmp_path), "--store", "mongodb://nope"],
+        [*_cli(), "demo", "--dir", str(tmp_path), "--store", url],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
-    assert "mongodb://nope" in proc.stderr
+    assert url in proc.stderr
+    assert not (tmp_path / "summary.json").exists()
 
 
 @pytest.mark.bigquery

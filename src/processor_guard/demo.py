@@ -1006,6 +1006,11 @@ def run_demo(
     if on_busy not in ("wait", "refuse"):
         raise ConfigError(f"on_busy must be 'wait' or 'refuse', got {on_busy!r}")
     store_url = store or f"sqlite://{folder}/leases.db"
+    if store_url.strip().lower().startswith("memory:"):
+        raise ConfigError(
+            f"--store {store_url!r}: a memory store lives inside one process, and the demo's "
+            "instances are separate processes; use sqlite://, redis:// or firestore://"
+        )
     from .stores import open_store
 
     open_store(store_url).close()  # a bad URL fails here, with the supported schemes
