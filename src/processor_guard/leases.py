@@ -87,11 +87,23 @@ def lease_key(scope: str, game_date: object) -> str:
     return f"{_check_scope(scope)}:{parse_game_date(game_date).isoformat()}"
 
 
+# This process's id, refreshed in a forked child (see _after_fork_in_child): os.getpid()
+# is a system call, and leases compare it on every check, renewal and release.
+_pid = os.getpid()
+_owner_cache: tuple[int, str | None, str] | None = None
+
+
 def default_owner() -> str:
     """``host:pid``, plus Cloud Run's revision when ``K_REVISION`` is set."""
-    owner = f"{socket.gethostname()}:{os.getpid()}"
+    global _owner_cache
     revision = os.environ.get("K_REVISION")
-    return f"{owner}:{revision}" if revision else owner
+    cached = _owner_cache
+    if cached is not None and cached[0] == _pid and cached[1] == revision:
+        return cached[2]
+    owner = f"{socket.gethostname()}:{_pid}"
+    owner = f"{owner}:{revision}" if revision else owner
+    _owner_cache = (_pid, revision, owner)
+    return owner
 
 
 _env_stores: dict[str, LeaseStore] = {}
@@ -174,7 +186,7 @@ class Lease:
         self._deadline = started + ttl
         self._on_lost = on_lost
         self._hooks = hooks
-        self._pid = os.getpid()
+        self._pid = _pid
         self._released = False
         self._last_renew_error: BaseException | None = None
         self._lock = threading.Lock()
@@ -191,11 +203,11 @@ class Lease:
     @property
     def active(self) -> bool:
         """True while held by this process: not released, not lost."""
-        return not self._released and not self.lost.is_set() and self._pid == os.getpid()
+        return not self._released and not self.lost.is_set() and self._pid == _pid
 
     def check(self) -> None:
         """Raise LeaseLost when lost, or when less than the safety margin remains."""
-        if self._pid != os.getpid():
+        if self._pid != _pid:
             raise LeaseLost(self.key, self.owner, self.fence, "lease belongs to the parent process")
         if not self.lost.is_set() and self._clock() >= self._deadline and not self._released:
             self._mark_lost(self._expiry_reason())
@@ -284,7 +296,7 @@ class Lease:
                 log.exception("%s hook for %s raised", event, self.key)
 
     def _release(self) -> None:
-        if self._pid != os.getpid():
+        if self._pid != _pid:
             # A forked child never releases its parent's lease, nor takes its lock
             # (another thread may have held it at the fork).
             return
@@ -421,7 +433,8 @@ _keeper = _Keeper()
 
 
 def _after_fork_in_child() -> None:
-    global _keeper
+    global _keeper, _pid
+    _pid = os.getpid()
     _keeper = _Keeper()
 
 
