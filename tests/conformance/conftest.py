@@ -1,0 +1,221 @@
+"""Fixtures for the conformance suite: every lease store, built the same way, on real servers.
+
+``kit`` is parametrized over the store kinds; each kit gives the store under test, a
+URL (and environment) that other OS processes can open, a way to open a second,
+independent store object on the same data ("reconnect"), and ways to damage the
+backing data the way real incidents do (a deleted lease record, a lost fence record).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fixtures.services import RedisServer
+from processor_guard.stores import LeaseStore, MemoryStore, open_store
+
+KINDS = [
+    pytest.param("memory"),
+    pytest.param("sqlite"),
+    pytest.param("redis", marks=pytest.mark.redis),
+    pytest.param("firestore", marks=pytest.mark.firestore),
+]
+CROSS_PROCESS_KINDS = KINDS[1:]
+
+
+@dataclass
+class StoreKit:
+    """One store under test plus what the tests need to reach and damage its data."""
+
+    kind: str
+    store: LeaseStore
+    url: str | None
+    env: dict[str, str] = field(default_factory=dict)
+    _reconnect: Callable[[], LeaseStore] | None = None
+    _delete_lease: Callable[[LeaseStore, str], None] | None = None
+    _forget: Callable[[LeaseStore, str], None] | None = None
+    opened: list[LeaseStore] = field(default_factory=list)
+
+    def reconnect(self) -> LeaseStore:
+        """A second store object with its own connection on the same data."""
+        if self._reconnect is None:
+            return self.store
+        store = self._reconnect()
+        self.opened.append(store)
+        return store
+
+    def delete_lease(self, key: str) -> None:
+        """Delete the live lease record behind the holder's back (an operator, a bug)."""
+        assert self._delete_lease is not None
+        self._delete_lease(self.store, key)
+
+    def forget(self, key: str) -> None:
+        """Lose every record of ``key``, fence included (restart without data, TTL clean-up)."""
+        assert self._forget is not None
+        self._forget(self.store, key)
+
+    def child_env(self) -> dict[str, str]:
+        """Environment for a subprocess that opens ``url``."""
+        return {**os.environ, **self.env}
+
+    def close(self) -> None:
+        for store in [*self.opened, self.store]:
+            store.close()
+
+
+def _memory_kit() -> StoreKit:
+    def drop(store: LeaseStore, key: str) -> None:
+        assert isinstance(store, MemoryStore)
+        with store._cond:
+            store._records.pop(key, None)
+
+    return StoreKit("memory", MemoryStore(), None, _delete_lease=drop, _forget=drop)
+
+
+def _sqlite_kit(tmp_path: Path) -> StoreKit:
+    import sqlite3
+
+    from processor_guard.stores.sqlite_store import SQLiteStore
+
+    path = tmp_path / "leases.db"
+    store = SQLiteStore(path)
+    store.holders()  # create the file and schema before processes race to
+
+    def drop(_: LeaseStore, key: str) -> None:
+        with sqlite3.connect(path, timeout=10) as conn:
+            conn.execute("DELETE FROM leases WHERE key = ?", (key,))
+        conn.close()
+
+    return StoreKit(
+        "sqlite",
+        store,
+        f"sqlite:///{path}",
+        _reconnect=lambda: SQLiteStore(path),
+        _delete_lease=drop,
+        _forget=drop,
+    )
+
+
+def redis_kit(url: str) -> StoreKit:
+    """A kit on the Redis server at ``url`` (also used with dedicated servers)."""
+    from processor_guard.stores.redis_store import RedisStore
+
+    def delete_lease(store: LeaseStore, key: str) -> None:
+        assert isinstance(store, RedisStore)
+        store.client.delete(store.lease_key(key))
+
+    def forget(store: LeaseStore, key: str) -> None:
+        assert isinstance(store, RedisStore)
+        store.client.delete(store.lease_key(key), store.fence_key(key))
+
+    return StoreKit(
+        "redis",
+        RedisStore.from_url(url),
+        url,
+        _reconnect=lambda: RedisStore.from_url(url),
+        _delete_lease=delete_lease,
+        _forget=forget,
+    )
+
+
+def _firestore_kit(request: pytest.FixtureRequest) -> StoreKit:
+    if importlib.util.find_spec("processor_guard.stores.firestore_store") is None:
+        pytest.skip("processor_guard/stores/firestore_store.py is not written yet")
+    from processor_guard.stores.firestore_store import FirestoreStore
+
+    emulator = request.getfixturevalue("firestore_emulator")
+    emulator.start()  # restarted if an earlier test killed it
+    collection = f"conformance_{uuid.uuid4().hex[:12]}"
+    client = emulator.client()
+
+    def wipe(store: LeaseStore, key: str) -> None:
+        # The document id encoding is the store's business: drop the whole collection
+        # (each test has its own), which is what a TTL clean-up does to expired leases.
+        for ref in client.collection(collection).list_documents():
+            ref.delete()
+
+    def warm(store: FirestoreStore) -> FirestoreStore:
+        # A new client's first call sets up its channel (~0.5 s): not part of any lease.
+        store.holders()
+        return store
+
+    store = warm(FirestoreStore(client, collection=collection))
+    return StoreKit(
+        "firestore",
+        store,
+        f"firestore://{emulator.project}/{collection}",
+        env={"FIRESTORE_EMULATOR_HOST": emulator.host},
+        _reconnect=lambda: warm(FirestoreStore(emulator.client(), collection=collection)),
+        _delete_lease=wipe,
+        _forget=wipe,
+    )
+
+
+def build_kit(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> StoreKit:
+    """The store of ``kind`` for one test."""
+    if kind == "memory":
+        return _memory_kit()
+    if kind == "sqlite":
+        return _sqlite_kit(tmp_path)
+    if kind == "redis":
+        return redis_kit(request.getfixturevalue("redis_url"))
+    if kind == "firestore":
+        return _firestore_kit(request)
+    raise AssertionError(f"unknown store kind {kind!r}")
+
+
+@pytest.fixture(params=KINDS)
+def kit(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreKit]:
+    """Every store kind in turn."""
+    built = build_kit(request.param, request, tmp_path)
+    try:
+        yield built
+    finally:
+        built.close()
+
+
+@pytest.fixture(params=CROSS_PROCESS_KINDS)
+def shared_kit(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreKit]:
+    """Every store kind that several OS processes can share."""
+    built = build_kit(request.param, request, tmp_path)
+    try:
+        yield built
+    finally:
+        built.close()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A private redis-server for one test, free to be killed or wiped."""
+    server = RedisServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def key() -> str:
+    """A lease key unique to the test."""
+    return f"conformance-{uuid.uuid4().hex[:8]}:2026-02-03"
+
+
+def open_url(url: str, env: dict[str, str]) -> Any:
+    """open_store with ``env`` applied (what a subprocess sees)."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return open_store(url)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
