@@ -130,6 +130,17 @@ def test_bad_keys_collections_and_urls_are_config_errors(firestore_client: Any) 
     opened.close()
 
 
+def test_from_project_without_credentials_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for var in ("FIRESTORE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # no gcloud default credentials
+    monkeypatch.setenv("NO_GCE_CHECK", "True")  # and no metadata server
+    with pytest.raises(ConfigError, match="'some-project'"):
+        open_store("firestore://some-project/leases")
+
+
 # --------------------------------------------------------------------------- contention
 
 

@@ -207,10 +207,8 @@ class FirestoreStore(LeaseStore):
         fence = (doc or {}).get("fence")
         return fence if isinstance(fence, int) and not isinstance(fence, bool) else 0
 
-    _live = staticmethod(_live)
-
     def _holder(self, key: str, doc: Doc | None, now: dt.datetime) -> Holder | None:
-        if doc is None or not self._live(doc, now):
+        if doc is None or not _live(doc, now):
             return None
         remaining = (doc["expires"] - now).total_seconds()
         return Holder(key, doc["owner"], self._fence_of(doc), remaining)
@@ -225,7 +223,7 @@ class FirestoreStore(LeaseStore):
         busy: list[Holder | None] = [None]
 
         def decide(doc: Doc | None, now: dt.datetime) -> Doc | None:
-            if self._live(doc, now):
+            if _live(doc, now):
                 busy[0] = self._holder(key, doc, now)
                 return None
             expires = now + dt.timedelta(seconds=ttl)
@@ -253,7 +251,7 @@ class FirestoreStore(LeaseStore):
         _check_ttl(ttl)
 
         def decide(doc: Doc | None, now: dt.datetime) -> Doc | None:
-            if not self._ours(doc, owner, fence) or not self._live(doc, now):
+            if not self._ours(doc, owner, fence) or not _live(doc, now):
                 return None
             assert doc is not None
             expires = now + dt.timedelta(seconds=ttl)
@@ -291,7 +289,9 @@ class FirestoreStore(LeaseStore):
     def holders(self) -> list[Holder]:
         from google.cloud.firestore_v1.base_query import FieldFilter
 
-        query = self._coll.where(filter=FieldFilter("expires", ">", dt.datetime(1970, 1, 1)))
+        query = self._coll.where(
+            filter=FieldFilter("expires", ">", dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc))
+        )
         try:
             snaps = list(query.stream(retry=read_retry(self.timeout), timeout=self.timeout))
         except Exception as exc:
