@@ -1,0 +1,196 @@
+"""Turn benchmark results into target verdicts, a markdown table and a PNG chart."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+OURS = "processor_guard"
+FLOOR = "floor"
+PEERS = ("redis-py Lock", "python-redis-lock", "pottery Redlock")
+RATIO_TARGET = 1.10
+# A process is starved when it got under this share of the mean acquisitions.
+STARVED_SHARE = 0.10
+
+
+def _ok(value: bool | None) -> str:
+    return "n/a" if value is None else ("met" if value else "MISSED")
+
+
+def targets(results: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets, each with the measured value and whether it was met."""
+    out: dict[str, Any] = {}
+    unc = results.get("redis", {}).get("uncontended", {})
+    if OURS in unc:
+        ratio = unc[OURS]["ratio_p50_to_floor"]
+        out["redis_p50_within_1.10x_floor"] = {"value": ratio, "met": ratio <= RATIO_TARGET}
+        slower = [p for p in PEERS if p in unc and unc[p]["p50_us"] <= unc[OURS]["p50_us"]]
+        out["redis_p50_faster_than_every_peer"] = {
+            "value": {p: unc[p]["p50_us"] for p in PEERS if p in unc} | {OURS: unc[OURS]["p50_us"]},
+            "met": not slower,
+        }
+    con = results.get("redis", {}).get("contended", {})
+    if OURS in con and "redis-py Lock" in con:
+        ours, peer = con[OURS], con["redis-py Lock"]
+        out["contended_throughput_at_least_redis_py"] = {
+            "value": {OURS: ours["per_second"], "redis-py Lock": peer["per_second"]},
+            "met": ours["per_second"] >= peer["per_second"],
+        }
+        mean = statistics.fmean(ours["per_process"])
+        out["no_process_starved"] = {
+            "value": {"min": ours["min_per_process"], "mean": round(mean, 1)},
+            "rule": f"every process gets at least {STARVED_SHARE:.0%} of the mean",
+            "met": ours["min_per_process"] >= STARVED_SHARE * mean,
+        }
+    if con:
+        violations = {lib: run.get("violations") for lib, run in con.items()}
+        out["zero_violations"] = {
+            "value": violations,
+            "met": all(v == 0 for v in violations.values()),
+        }
+    dedup = results.get("dedup", {}).get("dedup", {})
+    if "ratio_vs_floor" in dedup:
+        out["dedup_within_1.3x_floor"] = {
+            "value": dedup["ratio_vs_floor"],
+            "met": bool(dedup.get("meets_target")),
+        }
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The tables the README includes, with the date and machine."""
+    m = results.get("machine", {})
+    lines = [
+        f"Measured {results.get('date', '?')} on {m.get('cpu_count')} x {m.get('cpu')}, "
+        f"Python {m.get('python')}, redis-server {m.get('redis_server')} (private, loopback); "
+        f"load average at start {m.get('load_average_at_start')}.",
+        "",
+    ]
+    redis = results.get("redis", {})
+    unc = redis.get("uncontended", {})
+    if unc:
+        lines += [
+            "**Redis, uncontended acquire + release** (one key, same server, same run)",
+            "",
+            "| library | p50 (µs) | p99 (µs) | p50 / floor |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, row in unc.items():
+            label = f"**{name}**" if name == OURS else name
+            lines.append(
+                f"| {label} | {row['p50_us']:.1f} | {row['p99_us']:.1f} | "
+                f"{row['ratio_p50_to_floor']:.2f}x |"
+            )
+        lines.append("")
+    elif "error" in redis:
+        lines += [f"Redis benchmark failed: {redis['error']}", ""]
+    con = redis.get("contended", {})
+    if con:
+        first = next(iter(con.values()))
+        lines += [
+            f"**Redis, contended**: {first['processes']} processes on one key for "
+            f"{first['seconds']:g} s, a non-atomic counter in the critical section",
+            "",
+            "| library | acquisitions/s | min / max per process | violations |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, row in con.items():
+            label = f"**{name}**" if name == OURS else name
+            lines.append(
+                f"| {label} | {row['per_second']:.0f} | "
+                f"{row['min_per_process']} / {row['max_per_process']} | {row['violations']} |"
+            )
+        lines.append("")
+    fs = results.get("firestore", {})
+    if "skipped" in fs or "error" in fs:
+        lines += [f"Firestore: {fs.get('skipped') or fs.get('error')}", ""]
+    elif fs:
+        lines += [
+            "**Firestore emulator, acquire + release**",
+            "",
+            "| | p50 (ms) | p99 (ms) | p50 / transaction floor |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, row in fs.items():
+            label = f"**{name}**" if name == OURS else name
+            lines.append(
+                f"| {label} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
+                f"{row['ratio_p50_to_floor']:.2f}x |"
+            )
+        lines.append("")
+    dd = results.get("dedup", {})
+    if "dedup" in dd:
+        d = dd["dedup"]
+        secs = d.get("seconds_best", {})
+        lines += [
+            f"**Dedup of {d.get('rows', 0):,} rows** (best of {d.get('repeat')})",
+            "",
+            "| | seconds | / floor |",
+            "|---|---:|---:|",
+        ]
+        base = secs.get("floor")
+        for name, value in secs.items():
+            ratio = f"{value / base:.2f}x" if base and "build" not in name else ""
+            lines.append(f"| {name} | {value:.3f} | {ratio} |")
+        lines.append("")
+        jobs = dd.get("jobs_per_save", {})
+        if "fenced" in jobs:
+            lines += [
+                f"BigQuery jobs per {jobs.get('batch_rows')}-row save: fenced "
+                f"{jobs['fenced']['jobs']}, unfenced {jobs['unfenced']['jobs']}, "
+                f"staging {jobs['staging_fenced']['jobs']} (emulator).",
+                "",
+            ]
+    elif dd:
+        lines += [f"Dedup: {dd.get('skipped') or dd.get('error')}", ""]
+    t = results.get("targets", {})
+    if t:
+        lines += ["| target | measured | |", "|---|---|---|"]
+        for name, row in t.items():
+            value = row["value"]
+            if isinstance(value, dict):
+                value = ", ".join(f"{k}: {v}" for k, v in value.items())
+            lines.append(f"| {name} | {value} | {_ok(row['met'])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def chart(results: dict[str, Any], path: Path) -> Path | None:
+    """A bar chart of every Redis lock's p50 cycle time as a multiple of the floor."""
+    unc = results.get("redis", {}).get("uncontended", {})
+    if not unc:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(unc)
+    ratios = [unc[n]["ratio_p50_to_floor"] for n in names]
+    colors = ["#999999" if n == FLOOR else "#2a7ab9" if n == OURS else "#d9822b" for n in names]
+    fig, ax = plt.subplots(figsize=(7.5, 3.6), dpi=120)
+    bars = ax.barh(names[::-1], ratios[::-1], color=colors[::-1])
+    for bar, name in zip(bars, names[::-1], strict=True):
+        row = unc[name]
+        ax.text(
+            bar.get_width() + 0.03,
+            bar.get_y() + bar.get_height() / 2,
+            f"{row['ratio_p50_to_floor']:.2f}x  ({row['p50_us']:.0f} µs)",
+            va="center",
+            fontsize=8,
+        )
+    ax.axvline(RATIO_TARGET, color="#2a7ab9", linestyle="--", linewidth=1)
+    ax.text(RATIO_TARGET, -0.75, " target 1.10x", color="#2a7ab9", fontsize=7, va="bottom")
+    ax.set_xlabel("p50 acquire+release cycle / floor (SET NX PX + EVALSHA delete)")
+    ax.set_xlim(0, max(ratios) * 1.3)
+    m = results.get("machine", {})
+    ax.set_title(
+        f"Redis lock cycle, uncontended ({results.get('date', '')[:10]}, "
+        f"{m.get('cpu_count')} CPU, redis {m.get('redis_server')})",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
