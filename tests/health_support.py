@@ -81,3 +81,26 @@ class Recorder:
                 raise ConnectionError("pubsub unavailable (injected)")
             self.calls.append((game_date, state))
             return f"msg-{len(self.calls)}"
+
+
+def _bq_literal(value: Any, kind: str) -> str:
+    if value is None:
+        return f"CAST(NULL AS {kind})"
+    if kind == "BOOL":
+        return "TRUE" if value else "FALSE"
+    if kind in ("INT64", "FLOAT64"):
+        return repr(value) if kind == "FLOAT64" else str(int(value))
+    if kind == "NUMERIC":
+        return f"NUMERIC '{value}'"
+    if kind in ("DATE", "TIMESTAMP"):
+        text = value.isoformat() if hasattr(value, "isoformat") else str(value)
+        return f"{kind} '{text}'"
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def bq_insert(client: Any, table: str, short_name: str, rows: Iterable[dict[str, Any]]) -> None:
+    """INSERT rows with literal values (the emulator rejects streaming inserts and loads)."""
+    columns = COLUMNS[short_name]
+    values = ["(" + ", ".join(_bq_literal(r.get(c), t) for c, t in columns) + ")" for r in rows]
+    names = ", ".join(c for c, _ in columns)
+    client.query(f"INSERT INTO `{table}` ({names}) VALUES {', '.join(values)}").result()
