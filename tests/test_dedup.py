@@ -161,7 +161,6 @@ def test_accepts_any_iterable_and_empty() -> None:
         ({"player_lookup": "x"}, 2, "game_date"),
         ({"game_date": "2026-02-03", "player_lookup": None}, 2, "player_lookup"),
         ({"game_date": "", "player_lookup": "x"}, 2, "game_date"),
-        ({"game_date": "2026-02-03", "player_lookup": "   "}, 2, "player_lookup"),
         ({"game_date": "2026-02-03", "player_lookup": ["x"]}, 2, "player_lookup"),
     ],
 )

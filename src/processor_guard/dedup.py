@@ -18,6 +18,7 @@ Rules:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import re
@@ -98,6 +99,9 @@ def _order_value(value: object) -> tuple[Any, ...]:
     return (1, 3, repr(value))
 
 
+_order_cached = functools.lru_cache(maxsize=65536)(_order_value)
+
+
 def _canon(value: object) -> object:
     if isinstance(value, (dt.date, str)):
         return _norm_value(value)
@@ -129,7 +133,7 @@ def _locate_bad_row(rows: Sequence[Any], keys: tuple[str, ...]) -> InvalidRows:
             if k not in row:
                 return InvalidRows(f"row {i} has no key column {k!r}", row_index=i, column=k)
             value = row[k]
-            if value is None or (isinstance(value, str) and not value.strip()):
+            if value is None or value == "":
                 return InvalidRows(
                     f"row {i} has an empty key value in column {k!r}: {value!r}",
                     row_index=i,
@@ -179,11 +183,11 @@ def dedupe_rows(
         raise _locate_bad_row(data, keys) from exc
 
     single = len(keys) == 1
-    columns = [list(best)] if single else [list(c) for c in zip(*best, strict=True)]
+    # Distinct values per key column (C-level passes; zip(*keys) is far slower).
+    columns = [set(best)] if single else [set(map(itemgetter(j), best)) for j in range(len(keys))]
     rekey = False
-    for values in columns:
-        distinct = set(values)
-        if None in distinct or any(isinstance(v, str) and not v.strip() for v in distinct):
+    for distinct in columns:
+        if None in distinct or "" in distinct:
             raise _locate_bad_row(data, keys)
         if len(distinct) > 1 and _needs_normalising(distinct):
             normal = {_norm_value(v) for v in distinct}
@@ -213,29 +217,32 @@ def dedupe_rows(
                 groups[k] = [best[k], row]
             else:
                 group.append(row)
-        skip = frozenset(keys) | ({order_by} if order_by else set())
+        skip = (*keys, order_by) if order_by else keys
         pick = max if keep == "last" else min
+        last = keep == "last"
+        ob = order_by
+        duplicate_keys = len(groups)
         for k, group in groups.items():
-            duplicate_keys += 1
-            ranked = [
-                ((_order_value(r.get(order_by)) if order_by else (0,)), _content(r), r)
-                for r in group
-            ]
-            winner = pick(ranked, key=lambda t: (t[0], t[1]))
-            best[k] = winner[2]
-            distinct_content = {_content(r, skip) for r in group}
-            if len(distinct_content) > 1:
+            if ob is not None and len(group) == 2:
+                # The common case, kept tight: one re-delivery of a row.
+                first, second = group
+                a, b = _order_key(first.get(ob)), _order_key(second.get(ob))
+                if a == b:
+                    best[k] = _choose(group, ob, pick)
+                else:
+                    best[k] = first if (a > b) == last else second
+                same = second == first or (
+                    ob in first and ob in second and {**second, ob: first[ob]} == first
+                )
+            else:
+                best[k] = _choose(group, ob, pick)
+                same = False
+            if not same and _values_differ(group, skip):
                 conflicting += 1
                 if len(examples) < 3:
-                    examples.append(
-                        {
-                            "key": dict(
-                                zip(keys, k if isinstance(k, tuple) else (k,), strict=True)
-                            ),
-                            "rows": len(group),
-                            "variants": sorted(distinct_content)[:2],
-                        }
-                    )
+                    key = dict(zip(keys, k if isinstance(k, tuple) else (k,), strict=True))
+                    diff = _differing_columns(group, skip)
+                    examples.append({"key": key, "rows": len(group), "differs": diff})
 
     out = [dict(r) for r in best.values()] if copy else list(best.values())
     report = DedupReport(
@@ -257,13 +264,67 @@ def dedupe_rows(
     return out, report
 
 
+def _choose(group: list[Any], order_by: str | None, pick: Any) -> Any:
+    """The kept row of a key's group: extreme ``order_by``, ties by canonical content."""
+    if order_by is not None and len(group) == 2:
+        first, second = group
+        a, b = _order_key(first.get(order_by)), _order_key(second.get(order_by))
+        if a != b:
+            return first if pick(a, b) is a else second
+    if order_by is not None:
+        ranked = [(_order_key(r.get(order_by)), r) for r in group]
+        top = pick(o for o, _ in ranked)
+        tied = [r for o, r in ranked if o == top]
+    else:
+        tied = group
+    return tied[0] if len(tied) == 1 else pick(tied, key=_content)
+
+
+def _values_differ(group: list[Any], skip: tuple[str, ...]) -> bool:
+    """Whether rows of a group differ outside the key and ``order_by`` columns."""
+    first = group[0]
+    for other in group[1:]:
+        aligned = dict(other)
+        for col in skip:
+            if col in first:
+                aligned[col] = first[col]
+            else:
+                aligned.pop(col, None)
+        if aligned != first:
+            for col in first.keys() | other.keys():
+                a, b = first.get(col), other.get(col)
+                if col not in skip and a != b and _canon(a) != _canon(b):
+                    return True
+    return False
+
+
+def _differing_columns(group: list[Any], skip: tuple[str, ...]) -> dict[str, list[Any]]:
+    """Non-key columns (``order_by`` aside) whose normalised values differ in a group."""
+    columns = sorted({c for r in group for c in r} - set(skip))
+    out: dict[str, list[Any]] = {}
+    for col in columns:
+        values = {json.dumps(_canon(r.get(col)), default=repr) for r in group}
+        if len(values) > 1:
+            out[col] = [r.get(col) for r in group][:4]
+    return out
+
+
+def _order_key(value: object) -> tuple[Any, ...]:
+    try:
+        return _order_cached(value)
+    except TypeError:  # unhashable
+        return _order_value(value)
+
+
 def _needs_normalising(distinct: set[Any]) -> bool:
     """Whether a column's distinct values hold temporal values that may collide."""
-    has_temporal = any(isinstance(v, dt.date) for v in distinct)
-    strings = [v for v in distinct if isinstance(v, str)]
-    if strings and _TS_LIKE_ANY.search("\n".join(strings)):
+    kinds = set(map(type, distinct))
+    if any(issubclass(k, dt.date) for k in kinds):
         return True
-    return has_temporal
+    if str not in kinds:
+        return False
+    strings = distinct if kinds == {str} else [v for v in distinct if isinstance(v, str)]
+    return _TS_LIKE_ANY.search("\n".join(strings)) is not None
 
 
 def _normalised_getter(keys: tuple[str, ...]) -> Any:
