@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from health_support import Recorder, build_duckdb
 
+from health_support import Recorder, build_duckdb
 from processor_guard import CompletionTracker, ConfigError
 from processor_guard.demo_data import EXPECTED_PROCESSORS
 from processor_guard.tables import TableSpec

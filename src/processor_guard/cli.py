@@ -210,6 +210,7 @@ def _tracker(
     phase: str,
     collection: str | None,
     expected: str | None,
+    timeout: float,
     publish: str | None = None,
 ) -> Any:
     from .completion import CompletionTracker
@@ -222,6 +223,7 @@ def _tracker(
         _names(expected, "--expected"),
         publisher(publish) if publish else None,
         collection=collection,
+        rpc_timeout=timeout,
     )
 
 
@@ -250,6 +252,13 @@ def completion_options(func: F) -> F:
         click.option(
             "--expected",
             help="Comma-separated expected processors (default: the five analytics tables).",
+        ),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=0.1),
+            default=10.0,
+            show_default=True,
+            help="Seconds one completion-store call may take before it counts as unreachable.",
         ),
     ]
     for option in reversed(options):
@@ -296,6 +305,7 @@ def health(
     phase: str,
     collection: str | None,
     expected: str | None,
+    timeout: float,
     tables: Sequence[str],
     scraper_expected: str | None,
     scraper_first_run: str | None,
@@ -314,7 +324,7 @@ def health(
         raise ConfigError("--scraper-first-run needs --scraper-expected")
     expected_at = _datetime(scraper_expected, "--scraper-expected")
     first_run = _datetime(scraper_first_run, "--scraper-first-run")
-    tracker = _tracker(completion, phase, collection, expected)
+    tracker = _tracker(completion, phase, collection, expected, timeout)
     source = open_warehouse(warehouse) if warehouse else None
     try:
         report = run_health(
@@ -367,6 +377,7 @@ def reconcile(
     phase: str,
     collection: str | None,
     expected: str | None,
+    timeout: float,
     publisher: str | None,
 ) -> None:
     """Compare a date's completion document with the data; dry run unless --fix.
@@ -384,7 +395,7 @@ def reconcile(
         raise ConfigError(f"reconcile needs --completion (or {COMPLETION_ENV})")
     if publisher is None and fix:
         log.warning("no --publisher: a due trigger will be left pending, not published")
-    tracker = _tracker(completion, phase, collection, expected, publisher)
+    tracker = _tracker(completion, phase, collection, expected, timeout, publisher)
     source = open_warehouse(warehouse)
     try:
         report = tracker.reconcile(day, source, dry_run=not fix)
