@@ -121,27 +121,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("")
     dd = results.get("dedup", {})
     if "dedup" in dd:
-        d = dd["dedup"]
-        secs = d.get("seconds_best", {})
-        lines += [
-            f"**Dedup of {d.get('rows', 0):,} rows** (best of {d.get('repeat')})",
-            "",
-            "| | seconds | / floor |",
-            "|---|---:|---:|",
-        ]
-        base = secs.get("floor")
-        for name, value in secs.items():
-            ratio = f"{value / base:.2f}x" if base and "build" not in name else ""
-            lines.append(f"| {name} | {value:.3f} | {ratio} |")
-        lines.append("")
-        jobs = dd.get("jobs_per_save", {})
-        if "fenced" in jobs:
-            lines += [
-                f"BigQuery jobs per {jobs.get('batch_rows')}-row save: fenced "
-                f"{jobs['fenced']['jobs']}, unfenced {jobs['unfenced']['jobs']}, "
-                f"staging {jobs['staging_fenced']['jobs']} (emulator).",
-                "",
-            ]
+        lines += _dedup_lines(dd)
     elif dd:
         lines += [f"Dedup: {dd.get('skipped') or dd.get('error')}", ""]
     t = results.get("targets", {})
@@ -154,6 +134,39 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {name} | {value} | {_ok(row['met'])} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _dedup_lines(dd: dict[str, Any]) -> list[str]:
+    """The dedup benchmark's figures (benchmarks/bench_dedup.py), whatever its layout."""
+    d = dd["dedup"]
+    datasets = d.get("datasets") or {"dedup": d}
+    lines = [
+        "**Dedup** (seconds; ratio = dedupe_rows(copy=False) / floor)",
+        "",
+        "| dataset | floor | dedupe_rows (no copy) | ratio | dedupe_rows | pandas |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, ds in datasets.items():
+        secs = ds.get("cpu_seconds") or ds.get("seconds_best") or {}
+
+        def cell(k: str, secs: dict[str, Any] = secs) -> str:
+            return f"{secs[k]:.3f}" if k in secs else ""
+
+        lines.append(
+            f"| {name} ({ds.get('rows', 0):,} rows) | {cell('floor')} | "
+            f"{cell('dedupe_rows_no_copy')} | {ds.get('ratio_vs_floor', '')} | "
+            f"{cell('dedupe_rows')} | {cell('pandas_drop_duplicates')} |"
+        )
+    lines.append("")
+    jobs = dd.get("jobs_per_save", {})
+    if "fenced" in jobs:
+        lines += [
+            f"BigQuery jobs per {jobs.get('batch_rows')}-row save (emulator): fenced "
+            f"{jobs['fenced']['jobs']}, unfenced {jobs['unfenced']['jobs']}, "
+            f"staging {jobs['staging_fenced']['jobs']}.",
+            "",
+        ]
+    return lines
 
 
 def chart(results: dict[str, Any], path: Path) -> Path | None:
