@@ -627,7 +627,11 @@ class BigQueryWarehouse(Warehouse):
             outcome.inserted = len(plan.rows) - int(pre["matched"])
             outcome.updated = int(pre["newer"])
         else:
-            raise RuntimeError("MERGE job reported no dmlStats; use count_mode='precount'")
+            # The MERGE is committed: never fail now. Count it as inserts, and count
+            # matches beforehand from the next save on.
+            log.warning("MERGE job reported no dmlStats; counting matches before next saves")
+            self.count_mode = "precount"
+            outcome.inserted = int(getattr(job, "num_dml_affected_rows", 0) or 0)
         outcome.skipped = len(plan.rows) - outcome.inserted - outcome.updated
         return outcome
 
