@@ -362,3 +362,27 @@ def test_locks_redis_store_subprocess(redis_url: str) -> None:
     nxt = store.try_acquire("player_game_summary:2026-02-03", "worker-10", 120)
     assert nxt.fence is not None and nxt.fence > got.fence
     store.close()
+
+
+@pytest.mark.bigquery
+def test_health_on_bigquery_emulator_subprocess(bigquery_emulator: Any) -> None:
+    from health_support import bq_insert, rows_for
+    from processor_guard.demo_data import create_table_sql
+
+    client = bigquery_emulator.client()
+    dataset = bigquery_emulator.new_dataset(client)
+    for name in ("team_offense_game_summary", "team_defense_game_summary"):
+        table = f"{dataset}.{name}"
+        client.query(create_table_sql(name, engine="bigquery", qualified=table)).result()
+        rows = rows_for(name)
+        bq_insert(client, table, name, rows + rows[:2] if name.startswith("team_def") else rows)
+    project, name = dataset.split(".")
+    url = f"bigquery://{project}/{name}"
+    env = {"BIGQUERY_EMULATOR_HOST": bigquery_emulator.endpoint}
+    args = ["--table", "team_offense_game_summary", "--table", "team_defense_game_summary"]
+    proc = run("health", "--date", DATE, "--warehouse", url, "--json", *args, env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+    assert checks["duplicates:team_offense_game_summary"]["status"] == "ok"
+    assert checks["duplicates:team_defense_game_summary"]["value"] == 2
+    assert checks["duplicates:team_defense_game_summary"]["status"] == "critical"

@@ -238,3 +238,67 @@ def test_bad_input_is_a_config_error_and_writes_nothing(
     with pytest.raises(ConfigError):
         t.record(**kwargs)
     assert list(firestore_client.collection("phase3_completion").stream()) == []
+
+
+class Crash(BaseException):
+    """The process dies inside publish (after the transport accepted the message)."""
+
+
+def test_crash_between_publish_and_mark_duplicates_once_with_same_dedup_id(
+    firestore_client: Any,
+) -> None:
+    sent: list[str] = []
+
+    def publish_then_die(game_date: str, state: Any) -> str:
+        sent.append(state.dedup_id)
+        raise Crash
+
+    dying = tracker(firestore_client, publish_then_die, claim_ttl=3600)
+    for i, name in enumerate(EXPECTED[:-1]):
+        dying.record(DATE, name, execution_id=f"r{i}")
+    with pytest.raises(Crash):
+        dying.record(DATE, EXPECTED[-1], execution_id="r4")
+    doc = dying.doc_ref(DATE).get().to_dict()
+    assert doc["_trigger_pending"] is True and "_trigger_claim" in doc
+
+    pub = Recorder()
+    survivor = tracker(firestore_client, pub)
+    # While the dead publisher's claim is live nobody publishes again...
+    assert not survivor.record(DATE, EXPECTED[0], execution_id="r0").triggered
+    assert pub.calls == []
+    # ...once it has expired, exactly one more publish carries the same dedup id.
+    dying.doc_ref(DATE).update({"_trigger_claim.ttl": 0})
+    state = survivor.record(DATE, EXPECTED[0], execution_id="r0")
+    assert state.triggered and len(pub.calls) == 1
+    assert sent == [pub.calls[0][1].dedup_id] == ["phase3/2026-02-03"]
+    assert survivor.doc_ref(DATE).get().to_dict()["_trigger_attempts"] == 2
+
+
+def test_concurrent_publishers_never_both_publish(firestore_client: Any) -> None:
+    gate = threading.Event()
+    calls: list[str] = []
+
+    def slow_publish(game_date: str, state: Any) -> str:
+        calls.append(game_date)
+        gate.wait(5)
+        return "m-1"
+
+    t = tracker(firestore_client, None)
+    for i, name in enumerate(EXPECTED):
+        t.record(DATE, name, execution_id=f"r{i}")
+    assert t.state(DATE).trigger_pending
+    publishers = [tracker(firestore_client, slow_publish) for _ in range(4)]
+    results: list[Any] = []
+    threads = [
+        threading.Thread(target=lambda p=p: results.append(p.publish_pending(DATE)))
+        for p in publishers
+    ]
+    for th in threads:
+        th.start()
+    while not calls:
+        threading.Event().wait(0.01)
+    gate.set()
+    for th in threads:
+        th.join()
+    assert len(calls) == 1
+    assert t.state(DATE).triggered and t.state(DATE).message_id == "m-1"

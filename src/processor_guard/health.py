@@ -46,7 +46,7 @@ __all__ = [
 
 OK, WARNING, CRITICAL, UNKNOWN = "ok", "warning", "critical", "unknown"
 _RANK = {OK: 0, UNKNOWN: 0, WARNING: 1, CRITICAL: 2}
-BIGQUERY_ENDPOINT_ENV = "PROCESSOR_GUARD_BIGQUERY_ENDPOINT"
+BIGQUERY_ENDPOINT_ENV = "BIGQUERY_EMULATOR_HOST"
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,8 @@ def as_source(obj: Any, *, dataset: str | None = None) -> WarehouseSource:
 def open_warehouse(url: str) -> WarehouseSource:
     """Open ``duckdb:///path/to/file.db`` or ``bigquery://PROJECT/DATASET``.
 
-    For BigQuery, ``?endpoint=http://127.0.0.1:9050`` (or $PROCESSOR_GUARD_BIGQUERY_ENDPOINT)
-    points the client at an emulator with anonymous credentials.
+    For BigQuery, ``?endpoint=http://127.0.0.1:9050`` (or $BIGQUERY_EMULATOR_HOST, as the
+    demo uses) points the client at an emulator with anonymous credentials.
     """
     if not isinstance(url, str) or "://" not in url:
         raise ConfigError(
@@ -116,6 +116,8 @@ def open_warehouse(url: str) -> WarehouseSource:
         from google.cloud import bigquery
 
         if endpoint:
+            if not endpoint.startswith(("http://", "https://")):
+                endpoint = f"http://{endpoint}"
             from google.api_core.client_options import ClientOptions
             from google.auth.credentials import AnonymousCredentials
 
