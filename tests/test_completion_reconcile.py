@@ -176,3 +176,24 @@ def test_reconcile_needs_a_table_spec_for_each_expected_processor(
     specs = {name: TableSpec(name, ("game_date", "player_lookup")) for name in EXPECTED[:1]}
     t2 = CompletionTracker(firestore_client, "phase3", EXPECTED[:1], Recorder())
     assert t2.reconcile(DATE, warehouse, tables=copy.copy(specs)).count_after == 1
+
+
+def test_triggered_by_hand_while_incomplete_is_cleared_not_published(
+    firestore_client: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "partial.db"
+    build_duckdb(path, tables=EXPECTED[:3])
+    pub = Recorder()
+    t = CompletionTracker(firestore_client, "phase3", EXPECTED, pub)
+    doc = drifted_doc()
+    doc.update({"_triggered": True})
+    t.doc_ref(DATE).set(doc)
+    report = t.reconcile(DATE, str(path), dry_run=False)
+    assert any("rule is not met" in p for p in report.problems)
+    assert pub.calls == [] and not report.triggered_after
+    data = t.doc_ref(DATE).get().to_dict()
+    assert data["_triggered"] is False and data["_trigger_pending"] is False
+    # The normal flow publishes once the last two processors report.
+    t.record(DATE, EXPECTED[3], execution_id="x")
+    state = t.record(DATE, EXPECTED[4], execution_id="y")
+    assert state.triggered and len(pub.calls) == 1

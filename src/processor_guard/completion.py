@@ -45,7 +45,6 @@ __all__ = [
     "ReconcileReport",
     "TableCheck",
     "TriggerRule",
-    "WarehouseLike",
     "hours_late",
     "scraper_lateness",
 ]
@@ -61,12 +60,6 @@ class PublishFn(Protocol):
     """Publishes the next phase's trigger and returns the transport's message id."""
 
     def __call__(self, game_date: str, state: CompletionState, /) -> str: ...
-
-
-class WarehouseLike(Protocol):
-    """What reconcile needs from a warehouse: rows and duplicate keys per table and date."""
-
-    def count_rows(self, table: TableSpec, game_date: dt.date | str) -> int: ...
 
 
 # --------------------------------------------------------------------------- rule and state
@@ -581,6 +574,8 @@ class CompletionTracker:
         hidden = before.triggered and not before.message_id
         if hidden:
             report.problems.append("_triggered is set but no trigger message id: never published")
+            if not due:
+                report.problems.append("_triggered is set although the trigger rule is not met")
         elif due and not before.triggered:
             report.problems.append(
                 "trigger pending (publish failed or crashed)"
@@ -595,7 +590,9 @@ class CompletionTracker:
                 report.changes.append(
                     f"would set _completed_count {before.stored_count} -> {len(completed_after)}"
                 )
-            if (due and not before.triggered) or hidden:
+            if hidden:
+                report.changes.append("would clear _triggered, which was set without a publish")
+            if due and (hidden or not before.triggered):
                 report.changes.append("would publish the trigger")
             report.count_after = len(completed_after)
             report.triggered_after = before.triggered
@@ -628,12 +625,10 @@ class CompletionTracker:
                 }
                 fields["_last_completion_at"] = _server_timestamp()
             if state.triggered and not state.message_id:
-                # A hand repair set _triggered without publishing: undo it so the
-                # outbox publishes for real.
+                # A hand repair set _triggered without publishing: clear it, so the
+                # outbox below publishes for real once the rule is met.
                 fields["_triggered"] = False
-                fields["_trigger_pending"] = True
-                fields["_trigger_id"] = state.dedup_id
-                fields["_trigger_reason"] = "reconcile: _triggered was set without a publish"
+                fields["_trigger_pending"] = False
             merged = {**cur, **fields}
             fields.update(self._derived_fields(day, cur, merged, exists, reason="reconcile"))
             return _Plan(fields or None)
@@ -647,7 +642,7 @@ class CompletionTracker:
                     f"set _completed_count {before.stored_count} -> {self._state(day, data).count}"
                 )
             if hidden:
-                report.changes.append("cleared _triggered that had no publish; trigger set pending")
+                report.changes.append("cleared _triggered, which was set without a publish")
         state = self._state(day, data)
         if state.trigger_pending and not state.triggered:
             state = self._publish_pending(day)
