@@ -439,9 +439,19 @@ class CompletionTracker:
 
         Idempotent per ``(processor, execution_id)``: a duplicate message writes nothing
         but still publishes a trigger left pending by an earlier failure. Names outside
-        ``expected`` are stored and logged but never counted. When publishing fails the
-        returned state has ``trigger_pending`` and ``publish_error`` set; a Pub/Sub push
-        handler should then answer with an error so the message is redelivered.
+        ``expected`` are stored and logged but never counted. A processor counts once
+        any of its executions reported a success status (so message order does not
+        matter); the last ``max_execution_ids`` execution ids per processor are kept
+        for the duplicate check.
+
+        The entry, the derived count and the outbox flag are written in one atomic
+        compare-and-set on the document's update time, retried from a fresh read when
+        another writer got in first, instead of a read-write transaction (which makes
+        concurrent writers of one document wait on a lock; see the module docstring).
+
+        When publishing fails the returned state has ``trigger_pending`` and
+        ``publish_error`` set; a Pub/Sub push handler should then answer with an error
+        so the message is redelivered (and the redelivery publishes).
         """
         day = parse_game_date(game_date).isoformat()
         name = _check_name(processor, "processor")
@@ -461,8 +471,9 @@ class CompletionTracker:
             duplicate = execution_id in seen
             fields: dict[str, Any] = {}
             if not duplicate:
-                succeeded = bool(entry.get("succeeded")) or status in self.success_statuses
-                first_success = not entry.get("succeeded") and succeeded
+                had_success = self._succeeded(entry) if entry else False
+                succeeded = had_success or status in self.success_statuses
+                first_success = succeeded and not had_success
                 seen.append(execution_id)
                 new_entry: dict[str, Any] = {
                     **entry,
