@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fixtures.services import RedisServer  # noqa: E402
+from fixtures.services import RedisServer
 
 pytest_plugins: list[str] = ["fixtures.firestore_emulator", "fixtures.bigquery_emulator"]
 

@@ -13,9 +13,9 @@ def test_fence_increases_and_busy_names_holder() -> None:
     store = MemoryStore()
     with date_lock("pgs", "2026-02-03", store=store, ttl=5, owner="a") as first:
         assert current_lease() is first
-        with pytest.raises(LockBusy) as busy:
-            with date_lock("pgs", dt.date(2026, 2, 3), store=store, ttl=5, owner="b"):
-                pass
+        other = date_lock("pgs", dt.date(2026, 2, 3), store=store, ttl=5, owner="b")
+        with pytest.raises(LockBusy) as busy, other:
+            pass
         assert busy.value.holder == "a"
         assert busy.value.remaining is not None and 0 < busy.value.remaining <= 5
     with date_lock("pgs", "2026-02-03", store=store, ttl=5, owner="b") as second:
