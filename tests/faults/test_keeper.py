@@ -176,7 +176,7 @@ def test_fork_child_never_renews_nor_releases_parent_lease(
     if shared_store.kind == "firestore":
         pytest.skip("gRPC clients must not be used across fork")
     store = Recording(shared_store.open(), tmp_path / "journal")
-    ttl = 0.6
+    ttl = 1.0
     with date_lock("keeper", "2026-02-03", store=store, ttl=ttl, owner="parent") as lease:
         read_end, write_end = os.pipe()
         pid = os.fork()
