@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
+import weakref
 from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.commands.core import Script
+from redis.connection import Connection
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
@@ -110,6 +113,19 @@ CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0
 _ERRORS = (redis.RedisError, OSError)
 
+# This process's id, refreshed in a forked child: a child must not share the parent's
+# sockets, and os.getpid() is a system call we would otherwise pay on every command.
+_pid = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
@@ -179,6 +195,16 @@ class RedisStore(LeaseStore):
     def __init__(self, client: redis.Redis, *, prefix: str = "processor_guard") -> None:
         self._client = client
         self._prefix = prefix
+        # Own connections only for a plain pooled client; a cluster or single-connection
+        # client goes through its own execute path.
+        self._direct = (
+            type(client) is redis.Redis
+            and getattr(client, "connection", None) is None
+            and getattr(client.connection_pool, "cache", None) is None
+        )
+        self._idle: list[Connection] = []
+        self._idle_pid = _pid
+        self._conns: weakref.WeakSet[Connection] = weakref.WeakSet()  # for close()
         self._acquire = client.register_script(ACQUIRE_SCRIPT)
         self._renew = client.register_script(RENEW_SCRIPT)
         self._release = client.register_script(RELEASE_SCRIPT)
@@ -213,13 +239,66 @@ class RedisStore(LeaseStore):
         """The pub/sub channel where releases of ``key`` are announced."""
         return f"{self._prefix}:{{{key}}}:released"
 
-    def _eval(self, script: Script, numkeys: int, *keys_and_args: str | int) -> Any:
-        """EVALSHA, loading the script once if the server does not know it (e.g. restarted)."""
+    def _checkout(self) -> Connection:
+        """An idle connection of this store (a new one when none is idle)."""
+        if self._idle_pid != _pid:  # forked: never touch the parent's sockets
+            self._idle, self._idle_pid = [], _pid
         try:
-            return self._client.evalsha(script.sha, numkeys, *keys_and_args)
-        except NoScriptError:
-            script.sha = self._client.script_load(script.script)
-            return self._client.evalsha(script.sha, numkeys, *keys_and_args)
+            return self._idle.pop()  # list.pop/append are atomic: no lock needed
+        except IndexError:
+            pool = self._client.connection_pool
+            conn: Connection = pool.connection_class(**pool.connection_kwargs)
+            self._conns.add(conn)
+            return conn
+
+    def _load_scripts(self, conn: Connection) -> None:
+        """Load every script in one round trip (a new or restarted server knows none)."""
+        scripts = (self._acquire, self._renew, self._release, self._break, self._holder)
+        conn.send_packed_command(  # type: ignore[no-untyped-call]
+            [c for s in scripts for c in conn.pack_command("SCRIPT", "LOAD", s.script)]  # type: ignore[no-untyped-call]
+        )
+        for s in scripts:
+            s.sha = _text(conn.read_response())
+
+    def _eval(self, script: Script, numkeys: int, *keys_and_args: str | int) -> Any:
+        """EVALSHA, loading the script once if the server does not know it (e.g. restarted).
+
+        Runs on the store's own small set of connections: checking one out of
+        redis-py's pool and back costs more than the round trip itself. A broken
+        connection is dropped and the call retried once on a new one (a server restart
+        leaves every idle connection dead), as redis-py's own single retry does.
+        """
+        if not self._direct:
+            try:
+                return self._client.evalsha(script.sha, numkeys, *keys_and_args)
+            except NoScriptError:
+                script.sha = self._client.script_load(script.script)
+                return self._client.evalsha(script.sha, numkeys, *keys_and_args)
+        for attempt in (0, 1):
+            conn = self._checkout()
+            try:
+                try:
+                    conn.send_command("EVALSHA", script.sha, numkeys, *keys_and_args)  # type: ignore[no-untyped-call]
+                    reply = conn.read_response()
+                except NoScriptError:
+                    self._load_scripts(conn)
+                    conn.send_command("EVALSHA", script.sha, numkeys, *keys_and_args)  # type: ignore[no-untyped-call]
+                    reply = conn.read_response()
+            except redis.ResponseError:
+                self._idle.append(conn)  # the error reply was read: still in step
+                raise
+            except redis.ConnectionError:
+                conn.disconnect()  # type: ignore[no-untyped-call]
+                if attempt:
+                    raise
+                continue
+            except BaseException:
+                # A timeout or an interrupt mid-reply leaves the connection out of step.
+                conn.disconnect()  # type: ignore[no-untyped-call]
+                raise
+            self._idle.append(conn)
+            return reply
+        raise AssertionError("unreachable")
 
     def _unavailable(self, key: str | None, exc: BaseException) -> StoreUnavailable:
         what = f"key {key!r}" if key is not None else "holders"
@@ -290,6 +369,12 @@ class RedisStore(LeaseStore):
         return _PubSubWaiter(self._client, self.channel(key), key)
 
     def close(self) -> None:
+        conns = list(self._conns)
+        self._idle.clear()
+        self._conns.clear()
+        for conn in conns:
+            with contextlib.suppress(*_ERRORS):
+                conn.disconnect()  # type: ignore[no-untyped-call]
         self._client.close()
 
     def __repr__(self) -> str:
