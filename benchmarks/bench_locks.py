@@ -1,7 +1,11 @@
 """Lock cycles on one private local Redis: processor_guard beside the floor and its peers.
 
-- floor: bare ``SET key token NX PX`` + ``EVALSHA`` compare-and-delete, one client, no
-  library code: what any correct Redis lock must at least send.
+- floor: bare ``SET key token NX PX`` + ``EVALSHA`` compare-and-delete through a
+  redis-py client, no library code: what any correct Redis lock must at least send.
+  Ratios are to this floor.
+- floor (raw connection): the same two commands on a bare redis-py ``Connection``
+  (no pool checkout, retry or response-callback layers), for reference: RedisStore
+  runs its scripts on its own connections, so it can beat the client-level floor.
 - processor_guard: ``with date_lock(scope, day, store=RedisStore(client), wait=0)``,
   fences, renewal keeper registration and release included.
 - redis-py ``Lock``, python-redis-lock ``Lock``, pottery ``Redlock`` (one master).
@@ -76,6 +80,22 @@ def make_cycles(port: int) -> dict[str, Callable[[], None]]:
         floor_client.evalsha(sha, 1, "floor:lock", token)
 
     cycles["floor"] = floor
+
+    # The same two commands on one redis-py Connection, skipping the client's command
+    # machinery (pool checkout, retries, callbacks): the network-bound lower limit.
+    raw_conn = floor_client.connection_pool.connection_class(
+        **floor_client.connection_pool.connection_kwargs
+    )
+
+    def floor_raw() -> None:
+        token = uuid.uuid4().hex
+        raw_conn.send_command("SET", "rawfloor:lock", token, "NX", "PX", ttl_ms)
+        if raw_conn.read_response() is None:
+            raise RuntimeError("raw floor: key busy")
+        raw_conn.send_command("EVALSHA", sha, 1, "rawfloor:lock", token)
+        raw_conn.read_response()
+
+    cycles["floor (raw connection)"] = floor_raw
 
     store = RedisStore(client_for(port))
 

@@ -181,7 +181,9 @@ def chart(results: dict[str, Any], path: Path) -> Path | None:
 
     names = list(unc)
     ratios = [unc[n]["ratio_p50_to_floor"] for n in names]
-    colors = ["#999999" if n == FLOOR else "#2a7ab9" if n == OURS else "#d9822b" for n in names]
+    colors = [
+        "#999999" if n.startswith(FLOOR) else "#2a7ab9" if n == OURS else "#d9822b" for n in names
+    ]
     fig, ax = plt.subplots(figsize=(7.5, 3.6), dpi=120)
     bars = ax.barh(names[::-1], ratios[::-1], color=colors[::-1])
     for bar, name in zip(bars, names[::-1], strict=True):

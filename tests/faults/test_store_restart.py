@@ -33,7 +33,8 @@ def hold_through_a_crash(
         assert not fences or lease.fence > fences[-1], (lease.fence, fences)
         fences.append(lease.fence)
         kill()
-        assert lease.lost.wait(lease.remaining + 3.0), "held past the deadline with the store down"
+        # Lost at the deadline (the slack is only for a loaded machine's scheduling).
+        assert lease.lost.wait(lease.remaining + ttl), "held past the deadline with the store down"
         with pytest.raises(LeaseLost):
             lease.check()
     restart()
