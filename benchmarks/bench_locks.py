@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+CONTENDED = ("processor_guard", "redis-py Lock", "python-redis-lock", "pottery Redlock")
 KEY_DAY = "2026-02-03"
 TTL = 30.0
 
@@ -229,6 +230,16 @@ def _worker(
                 plock.release()
             else:
                 timeouts += 1
+        elif lib == "pottery Redlock":
+            from pottery import Redlock
+
+            rlock = Redlock(key=f"{key}:lock", masters={lock_client}, auto_release_time=TTL)
+            if rlock.acquire(timeout=10):
+                critical()
+                acquired += 1
+                rlock.release()
+            else:
+                timeouts += 1
         else:
             raise ValueError(lib)
     out.put((index, acquired, violations, timeouts))
@@ -282,8 +293,7 @@ def run(contended_seconds: float = 4.0) -> dict[str, Any]:
         version = client_for(server.port).info("server")["redis_version"]
         uncontended = bench_uncontended(server.port)
         contended = {
-            lib: bench_contended(server.port, lib, seconds=contended_seconds)
-            for lib in ("processor_guard", "redis-py Lock", "python-redis-lock")
+            lib: bench_contended(server.port, lib, seconds=contended_seconds) for lib in CONTENDED
         }
     finally:
         server.stop()
