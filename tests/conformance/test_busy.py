@@ -149,3 +149,47 @@ def test_redis_handoff_is_woken_by_the_release_notice(
     finally:
         t.join()
         kit.close()
+
+
+@pytest.mark.parametrize("kind", [pytest.param("redis", marks=pytest.mark.redis)])
+def test_redis_hands_over_in_arrival_order_and_the_releaser_cannot_barge(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """Waiters are served first come, first served; the release reserves the key for
+    the longest-waiting one, so a process looping on the key cannot starve the rest."""
+    from processor_guard.stores.redis_store import HANDOVER_OWNER, RedisStore
+
+    from .conftest import redis_kit
+
+    kit = redis_kit(request.getfixturevalue("redis_url"))
+    store = kit.store
+    assert isinstance(store, RedisStore)
+    key = "pgs:2026-02-03"
+    order: list[str] = []
+    first = store.try_acquire(key, "first", 60)
+    assert first.acquired and first.fence is not None
+
+    def waiter(name: str) -> None:
+        with date_lock("pgs", "2026-02-03", store=store, ttl=10, wait=30, owner=name):
+            order.append(name)
+
+    threads = []
+    try:
+        for name in ("a", "b", "c"):
+            threads.append(threading.Thread(target=waiter, args=(name,)))
+            threads[-1].start()
+            # Queued before the next one starts (its queue entry is in Redis).
+            deadline = time.monotonic() + 10
+            while store.client.zcard(store.queue_key(key)) < len(threads):
+                assert time.monotonic() < deadline, "waiter never queued"
+                time.sleep(0.01)
+        assert store.release(key, "first", first.fence)
+        # The releaser comes straight back: the key is already reserved for "a".
+        busy = store.try_acquire(key, "first", 60)
+        assert not busy.acquired
+        assert busy.holder is not None and busy.holder.owner in (HANDOVER_OWNER, "a")
+    finally:
+        for t in threads:
+            t.join(30)
+        kit.close()
+    assert order == ["a", "b", "c"]

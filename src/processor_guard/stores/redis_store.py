@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
+import uuid
 import weakref
 from typing import Any
 
@@ -20,10 +22,11 @@ from .base import AcquireResult, Holder, LeaseStore, ReleaseWaiter
 
 __all__ = ["RedisStore"]
 
-# Every script below keeps a key's lease and fence counter under one hash tag
-# (``prefix:{key}:lease`` / ``prefix:{key}:fence``) so they share a cluster slot.
+# Every script below keeps a key's lease, fence counter and waiter queue under one hash
+# tag (``prefix:{key}:lease`` / ``:fence`` / ``:queue``) so they share a cluster slot.
 # A lease's value is ``"<fence>:<owner>"``: (owner, fence) identifies a lease, so a
 # holder whose lease expired and was re-taken can never renew or release the new one.
+# While a lease is handed over to the next waiter the value is ``"~<waiter id>"``.
 
 # Shared by ACQUIRE and BREAK: the next fence is max(counter + 1, server TIME in µs),
 # the fence_seed rule, so fences keep rising even when Redis lost the counter (restart
@@ -42,16 +45,43 @@ local function next_fence(counter_key)
 end
 """
 
-# KEYS[1] lease key, KEYS[2] fence counter (never expires)
-# ARGV[1] owner, ARGV[2] ttl in milliseconds
-# Returns the new fence (integer) when acquired, or {"<fence>:<owner>", pttl_ms} of
-# the live holder when busy. Expiry is the server's PX, never a client clock.
+# Shared by RELEASE, BREAK and UNREGISTER: wake only the longest-waiting live waiter
+# (one notice, not a thundering herd) and reserve the key for it for a moment, so the
+# releasing process cannot barge back in ahead of processes that were waiting.
+# Waiters that vanished without unregistering are skipped (PUBLISH reaches nobody).
+_HAND_OVER = """
+local function hand_over(lease_key, queue_key, channel_prefix, reserve_ms)
+    while true do
+        local head = redis.call('ZPOPMIN', queue_key)
+        if #head == 0 then
+            return
+        end
+        if redis.call('PUBLISH', channel_prefix .. head[1], 'released') > 0 then
+            redis.call('SET', lease_key, '~' .. head[1], 'PX', reserve_ms)
+            return
+        end
+    end
+end
+"""
+
+# KEYS[1] lease key, KEYS[2] fence counter (never expires), KEYS[3] waiter queue
+# ARGV[1] owner, ARGV[2] ttl in milliseconds,
+# ARGV[3] the caller's waiter id ('' when not waiting), ARGV[4] its place in the queue
+# Returns the new fence (integer) when acquired, or {value, pttl_ms} of the live holder
+# (or hand-over) when busy; a busy waiter keeps its place in the queue. Expiry is the
+# server's PX, never a client clock.
 ACQUIRE_SCRIPT = (
     _NEXT_FENCE
     + """
 local held = redis.call('GET', KEYS[1])
-if held then
+if held and (ARGV[3] == '' or held ~= '~' .. ARGV[3]) then
+    if ARGV[3] ~= '' then
+        redis.call('ZADD', KEYS[3], 'NX', ARGV[4], ARGV[3])
+    end
     return {held, redis.call('PTTL', KEYS[1])}
+end
+if ARGV[3] ~= '' then
+    redis.call('ZREM', KEYS[3], ARGV[3])
 end
 local fence = next_fence(KEYS[2])
 redis.call('SET', KEYS[1], string.format('%.0f', fence) .. ':' .. ARGV[1], 'PX', ARGV[2])
@@ -70,34 +100,64 @@ end
 return 0
 """
 
-# KEYS[1] lease key
-# ARGV[1] "<fence>:<owner>" of the caller's lease, ARGV[2] release channel
-# Returns 1 when the caller's lease was deleted (and waiters notified), else 0.
-RELEASE_SCRIPT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    redis.call('DEL', KEYS[1])
-    redis.call('PUBLISH', ARGV[2], ARGV[1])
-    return 1
+# KEYS[1] lease key, KEYS[2] waiter queue
+# ARGV[1] "<fence>:<owner>" of the caller's lease, ARGV[2] waiter channel prefix,
+# ARGV[3] hand-over reservation in milliseconds
+# Returns 1 when the caller's lease was deleted (and the next waiter woken), else 0.
+RELEASE_SCRIPT = (
+    _HAND_OVER
+    + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return 0
 end
-return 0
+redis.call('DEL', KEYS[1])
+hand_over(KEYS[1], KEYS[2], ARGV[2], ARGV[3])
+return 1
 """
+)
 
-# KEYS[1] lease key, KEYS[2] fence counter
-# ARGV[1] release channel
-# Deletes any lease on the key, raises its fence counter and notifies waiters;
+# KEYS[1] lease key, KEYS[2] fence counter, KEYS[3] waiter queue
+# ARGV[1] waiter channel prefix, ARGV[2] hand-over reservation in milliseconds
+# Deletes any lease on the key, raises its fence counter and wakes the next waiter;
 # returns the raised fence, above every fence the old holder could carry.
 BREAK_SCRIPT = (
     _NEXT_FENCE
+    + _HAND_OVER
     + """
 redis.call('DEL', KEYS[1])
 local fence = next_fence(KEYS[2])
-redis.call('PUBLISH', ARGV[1], 'broken')
+hand_over(KEYS[1], KEYS[3], ARGV[1], ARGV[2])
 return fence
 """
 )
 
+# KEYS[1] waiter queue
+# ARGV[1] waiter id
+# Queues the waiter (keeping an earlier place); returns its place (server time in µs).
+REGISTER_SCRIPT = """
+local t = redis.call('TIME')
+local place = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+redis.call('ZADD', KEYS[1], 'NX', place, ARGV[1])
+return redis.call('ZSCORE', KEYS[1], ARGV[1])
+"""
+
+# KEYS[1] lease key, KEYS[2] waiter queue
+# ARGV[1] waiter id, ARGV[2] waiter channel prefix, ARGV[3] reservation in milliseconds
+# A waiter gives up: leaves the queue, and passes on a hand-over reserved for it.
+UNREGISTER_SCRIPT = (
+    _HAND_OVER
+    + """
+redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('GET', KEYS[1]) == '~' .. ARGV[1] then
+    redis.call('DEL', KEYS[1])
+    hand_over(KEYS[1], KEYS[2], ARGV[2], ARGV[3])
+end
+return 1
+"""
+)
+
 # KEYS[1] lease key
-# Returns {"<fence>:<owner>", pttl_ms} of the live holder, or nil when free.
+# Returns {value, pttl_ms} of the key, or nil when free.
 HOLDER_SCRIPT = """
 local held = redis.call('GET', KEYS[1])
 if held then
@@ -106,12 +166,19 @@ end
 return false
 """
 
+# A woken waiter answers within milliseconds; if it has died meanwhile, the key is
+# free again after this long.
+HANDOVER_MS = 250
+HANDOVER_OWNER = "(handing over to the next waiter)"
+
 # Redis-py's default retries up to 10 times with backoff; a lease store must report an
 # unreachable server within seconds, so one immediate retry (a stale pooled
 # connection after a server restart) is all it gets.
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0
 _ERRORS = (redis.RedisError, OSError)
+# Subscribed connections kept for the next waiter on the same key.
+MAX_IDLE_WAITERS = 8
 
 # This process's id, refreshed in a forked child: a child must not share the parent's
 # sockets, and os.getpid() is a system call we would otherwise pay on every command.
@@ -132,10 +199,14 @@ def _text(value: bytes | str) -> str:
 
 
 def _holder(key: str, reply: Any) -> Holder:
-    """A Holder from a script's ``{"<fence>:<owner>", pttl_ms}`` reply."""
-    fence, _, owner = _text(reply[0]).partition(":")
+    """A Holder from a script's ``{value, pttl_ms}`` reply (fence 0 for a hand-over)."""
+    value = _text(reply[0])
     pttl = int(reply[1])
-    return Holder(key, owner, int(fence), pttl / 1000 if pttl >= 0 else None)
+    remaining = pttl / 1000 if pttl >= 0 else None
+    if value.startswith("~"):
+        return Holder(key, HANDOVER_OWNER, 0, remaining)
+    fence, _, owner = value.partition(":")
+    return Holder(key, owner, int(fence), remaining)
 
 
 def _glob_escape(text: str) -> str:
@@ -143,15 +214,24 @@ def _glob_escape(text: str) -> str:
 
 
 class _PubSubWaiter(ReleaseWaiter):
-    """Subscribed to one key's release channel; ``wait`` returns on the first notice."""
+    """One waiter in a key's queue, subscribed to its own channel; ``wait`` returns when
+    the release hands the key over to it.
 
-    def __init__(self, client: redis.Redis, channel: str, key: str) -> None:
-        self._key = key
-        self._pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+    Closing hands it back to its store, still subscribed, so the next waiter on the
+    key skips the connect and SUBSCRIBE round trips.
+    """
+
+    def __init__(self, store: RedisStore, key: str) -> None:
+        self._store = store
+        self.key = key
+        self.id = uuid.uuid4().hex
+        self.place = ""
+        self._pid = _pid
+        self._pubsub = store.client.pubsub()  # type: ignore[no-untyped-call]
         try:
-            self._pubsub.subscribe(channel)
-            # Wait for the confirmation: a release published before the server has
-            # processed SUBSCRIBE would otherwise be missed.
+            self._pubsub.subscribe(f"{store.channel(key)}:{self.id}")
+            # Wait for the confirmation: a hand-over published before the server has
+            # processed SUBSCRIBE would reach nobody.
             deadline = time.monotonic() + SOCKET_TIMEOUT
             while True:
                 left = deadline - time.monotonic()
@@ -161,10 +241,19 @@ class _PubSubWaiter(ReleaseWaiter):
                 if msg is not None and msg.get("type") == "subscribe":
                     break
         except _ERRORS as exc:
-            self._pubsub.close()
+            self.discard()
             raise StoreUnavailable(
                 f"redis: cannot subscribe to releases of {key!r}: {exc}", key=key
             ) from exc
+
+    def drain(self) -> bool:
+        """Drop notices that arrived while idle; False when the subscription broke."""
+        try:
+            while self._pubsub.get_message(timeout=0.0) is not None:
+                pass
+        except _ERRORS:
+            return False
+        return True
 
     def wait(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -182,8 +271,14 @@ class _PubSubWaiter(ReleaseWaiter):
                 return True
 
     def close(self) -> None:
-        with contextlib.suppress(*_ERRORS):
-            self._pubsub.close()
+        if self._pid == _pid:
+            self._store._end_wait(self)
+
+    def discard(self) -> None:
+        """Unsubscribe and drop the connection for good."""
+        if self._pid == _pid:
+            with contextlib.suppress(*_ERRORS):
+                self._pubsub.close()
 
 
 class RedisStore(LeaseStore):
@@ -202,6 +297,11 @@ class RedisStore(LeaseStore):
             and getattr(client, "connection", None) is None
             and getattr(client.connection_pool, "cache", None) is None
         )
+        self._waiting = threading.local()  # key -> this thread's _PubSubWaiter
+        self._idle_waiters: list[_PubSubWaiter] = []
+        self._waiters_pid = _pid
+        self._waiters_lock = threading.Lock()
+        self._closed = False
         self._idle: list[Connection] = []
         self._idle_pid = _pid
         self._conns: weakref.WeakSet[Connection] = weakref.WeakSet()  # for close()
@@ -210,6 +310,17 @@ class RedisStore(LeaseStore):
         self._release = client.register_script(RELEASE_SCRIPT)
         self._break = client.register_script(BREAK_SCRIPT)
         self._holder = client.register_script(HOLDER_SCRIPT)
+        self._register = client.register_script(REGISTER_SCRIPT)
+        self._unregister = client.register_script(UNREGISTER_SCRIPT)
+        self._scripts = (
+            self._acquire,
+            self._renew,
+            self._release,
+            self._break,
+            self._holder,
+            self._register,
+            self._unregister,
+        )
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "processor_guard") -> RedisStore:
@@ -235,6 +346,10 @@ class RedisStore(LeaseStore):
         """The Redis key holding ``key``'s fence counter."""
         return f"{self._prefix}:{{{key}}}:fence"
 
+    def queue_key(self, key: str) -> str:
+        """The Redis key holding ``key``'s queue of waiters."""
+        return f"{self._prefix}:{{{key}}}:queue"
+
     def channel(self, key: str) -> str:
         """The pub/sub channel where releases of ``key`` are announced."""
         return f"{self._prefix}:{{{key}}}:released"
@@ -253,7 +368,7 @@ class RedisStore(LeaseStore):
 
     def _load_scripts(self, conn: Connection) -> None:
         """Load every script in one round trip (a new or restarted server knows none)."""
-        scripts = (self._acquire, self._renew, self._release, self._break, self._holder)
+        scripts = self._scripts
         conn.send_packed_command(  # type: ignore[no-untyped-call]
             [c for s in scripts for c in conn.pack_command("SCRIPT", "LOAD", s.script)]  # type: ignore[no-untyped-call]
         )
@@ -306,13 +421,28 @@ class RedisStore(LeaseStore):
 
     def try_acquire(self, key: str, owner: str, ttl: float) -> AcquireResult:
         prefix = f"{self._prefix}:{{{key}}}:"
+        # A thread that is waiting for this key (see release_waiter) acquires as that
+        # waiter: it may take a hand-over reserved for it and keeps its queue place.
+        waiting: dict[str, _PubSubWaiter] | None = getattr(self._waiting, "by_key", None)
+        waiter = waiting.get(key) if waiting else None
+        wid, place = (waiter.id, waiter.place) if waiter is not None else ("", "")
         try:
             reply = self._eval(
-                self._acquire, 2, prefix + "lease", prefix + "fence", owner, int(ttl * 1000) or 1
+                self._acquire,
+                3,
+                prefix + "lease",
+                prefix + "fence",
+                prefix + "queue",
+                owner,
+                int(ttl * 1000) or 1,
+                wid,
+                place,
             )
         except _ERRORS as exc:
             raise self._unavailable(key, exc) from exc
         if type(reply) is int:
+            if waiter is not None and waiting is not None:
+                del waiting[key]  # out of the queue (the script removed it)
             return AcquireResult(True, fence=reply)
         return AcquireResult(False, holder=_holder(key, reply))
 
@@ -329,7 +459,13 @@ class RedisStore(LeaseStore):
         prefix = f"{self._prefix}:{{{key}}}:"
         try:
             reply = self._eval(
-                self._release, 1, prefix + "lease", f"{fence}:{owner}", prefix + "released"
+                self._release,
+                2,
+                prefix + "lease",
+                prefix + "queue",
+                f"{fence}:{owner}",
+                prefix + "released:",
+                HANDOVER_MS,
             )
         except _ERRORS as exc:
             raise self._unavailable(key, exc) from exc
@@ -340,7 +476,10 @@ class RedisStore(LeaseStore):
             reply = self._eval(self._holder, 1, self.lease_key(key))
         except _ERRORS as exc:
             raise self._unavailable(key, exc) from exc
-        return None if reply is None else _holder(key, reply)
+        if reply is None:
+            return None
+        found = _holder(key, reply)
+        return None if found.owner == HANDOVER_OWNER and found.fence == 0 else found
 
     def holders(self) -> list[Holder]:
         pattern = _glob_escape(f"{self._prefix}:{{") + "*}:lease"
@@ -359,16 +498,74 @@ class RedisStore(LeaseStore):
     def break_lease(self, key: str) -> int:
         try:
             reply = self._eval(
-                self._break, 2, self.lease_key(key), self.fence_key(key), self.channel(key)
+                self._break,
+                3,
+                self.lease_key(key),
+                self.fence_key(key),
+                self.queue_key(key),
+                self.channel(key) + ":",
+                HANDOVER_MS,
             )
         except _ERRORS as exc:
             raise self._unavailable(key, exc) from exc
         return int(reply)
 
     def release_waiter(self, key: str) -> ReleaseWaiter:
-        return _PubSubWaiter(self._client, self.channel(key), key)
+        """Join ``key``'s queue of waiters; the release wakes the longest-waiting one."""
+        with self._waiters_lock:
+            if self._waiters_pid != _pid:
+                self._idle_waiters, self._waiters_pid = [], _pid
+            found = next((w for w in self._idle_waiters if w.key == key), None)
+            if found is not None:
+                self._idle_waiters.remove(found)
+        if found is not None and not found.drain():
+            found.discard()
+            found = None
+        waiter = found or _PubSubWaiter(self, key)
+        try:
+            waiter.place = _text(self._eval(self._register, 1, self.queue_key(key), waiter.id))
+        except _ERRORS as exc:
+            waiter.discard()
+            raise self._unavailable(key, exc) from exc
+        by_key: dict[str, _PubSubWaiter] | None = getattr(self._waiting, "by_key", None)
+        if by_key is None:
+            by_key = self._waiting.by_key = {}
+        by_key[key] = waiter
+        return waiter
+
+    def _end_wait(self, waiter: _PubSubWaiter) -> None:
+        """A waiter is done: leave the queue unless it acquired, then keep it for reuse."""
+        by_key: dict[str, _PubSubWaiter] | None = getattr(self._waiting, "by_key", None)
+        if by_key is not None and by_key.get(waiter.key) is waiter:
+            del by_key[waiter.key]
+            # It gave up (or failed): pass on anything reserved for it.
+            try:
+                self._eval(
+                    self._unregister,
+                    2,
+                    self.lease_key(waiter.key),
+                    self.queue_key(waiter.key),
+                    waiter.id,
+                    self.channel(waiter.key) + ":",
+                    HANDOVER_MS,
+                )
+            except _ERRORS:
+                waiter.discard()  # it expires from the queue: no notice reaches it
+                return
+        with self._waiters_lock:
+            if self._waiters_pid == _pid and not self._closed:
+                self._idle_waiters.append(waiter)
+                if len(self._idle_waiters) <= MAX_IDLE_WAITERS:
+                    return
+                waiter = self._idle_waiters.pop(0)  # the least recently used
+        waiter.discard()
 
     def close(self) -> None:
+        with self._waiters_lock:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            self._closed = True
+        for waiter in waiters:
+            waiter.discard()
         conns = list(self._conns)
         self._idle.clear()
         self._conns.clear()
