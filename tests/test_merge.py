@@ -277,3 +277,46 @@ def test_threads_merging_overlapping_batches(target: Target) -> None:
     for key, (stamp, points) in newest.items():
         assert stored[key]["processed_at"] == dt.datetime.fromisoformat(stamp)
         assert stored[key]["points"] == points
+
+
+@pytest.mark.bigquery
+@pytest.mark.parametrize("fence", [None, 4])
+def test_large_batch_goes_through_an_expiring_staging_table(
+    bigquery_emulator: Any, fence: int | None
+) -> None:
+    client = bigquery_emulator.client()
+    table = bigquery_emulator.create_player_game_summary(client)
+    created: list[Any] = []
+    create_table = client.create_table
+
+    def observed_create_table(spec: Any, *args: Any, **kwargs: Any) -> Any:
+        created.append(spec)
+        return create_table(spec, *args, **kwargs)
+
+    client.create_table = observed_create_table
+    safe_merge(client, table, game_rows(DAY, 9), keys=KEYS)  # a row the batch leaves alone
+    before = dt.datetime.now(dt.timezone.utc)
+    result = safe_merge(
+        client, table, date_rows(DAY)[:280], keys=KEYS, fence=fence,
+        staging_threshold_bytes=1000, staging_ttl=dt.timedelta(minutes=30),
+    )  # fmt: skip
+    assert result.path == "staging"
+    assert (result.inserted, result.jobs) == (280, 2)
+    target = Target("bigquery", client, table)
+    assert len(target.read()) == 280 + 35
+    stages = [t for t in created if "_pg_stage_" in t.table_id]
+    assert len(stages) == 1
+    expires = stages[0].expires
+    assert before + dt.timedelta(minutes=29) < expires < before + dt.timedelta(minutes=31)
+    dataset = table.rsplit(".", 1)[0]
+    left = {t.table_id for t in client.list_tables(dataset)}
+    assert left == {"player_game_summary"} | ({FENCE_TABLE} if fence else set())
+
+
+def test_only_newer_false_overwrites_newer_rows(target: Target) -> None:
+    newer = dt.datetime(2026, 2, 5, tzinfo=dt.timezone.utc)
+    safe_merge(target.client, target.table, game_rows(DAY, 0, processed_at=newer), keys=KEYS)
+    old = game_rows(DAY, 0, points_offset=7)
+    result = safe_merge(target.client, target.table, old, keys=KEYS, only_newer=False)
+    assert (result.updated, result.skipped) == (35, 0)
+    assert {r["points"] for r in target.read().values()} == {r["points"] for r in old}
