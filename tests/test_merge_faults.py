@@ -192,3 +192,43 @@ def test_lost_lease_stops_the_write(table_and_client: tuple[str, Any]) -> None:
         now[0] = 50.0  # the lease ran out before the save
         safe_merge(client, table, game_rows(DAY, 0), keys=KEYS)
     assert as_warehouse(client).count_rows(table) == 0
+
+
+class DmlStatsClient(FaultyClient):
+    """Adds BigQuery's dmlStats to MERGE jobs (the emulator reports only the total).
+
+    The split is the truth for this test's table state: ``inserted`` new keys of
+    ``batch`` and the rest updated, which the test arranges.
+    """
+
+    def __init__(self, client: Any, inserted: int, updated: int) -> None:
+        super().__init__(client, None, 0)
+        self.stats = (inserted, updated)
+        self.queries: list[str] = []
+
+    def query(self, sql: str, *args: Any, **kwargs: Any) -> Any:
+        self.queries.append(sql)
+        job = super().query(sql, *args, **kwargs)
+        if sql.lstrip().startswith("MERGE"):
+            job.result()
+            ins, upd = self.stats
+            job._properties.setdefault("statistics", {}).setdefault("query", {})["dmlStats"] = {
+                "insertedRowCount": str(ins), "updatedRowCount": str(upd), "deletedRowCount": "0",
+            }  # fmt: skip
+            assert job.dml_stats is not None
+        return job
+
+
+def test_unfenced_save_on_real_bigquery_is_one_job(table_and_client: tuple[str, Any]) -> None:
+    from processor_guard.warehouse import BigQueryWarehouse
+
+    table, client = table_and_client
+    safe_merge(client, table, game_rows(DAY, 0), keys=KEYS)
+    batch = [*game_rows(DAY, 0, points_offset=1, processed_at=dt.datetime(2026, 2, 5)),
+             *game_rows(DAY, 1)]  # fmt: skip
+    wrapped = DmlStatsClient(client, inserted=35, updated=35)
+    wh = BigQueryWarehouse(wrapped, count_mode="dml_stats")
+    result = safe_merge(wh, table, batch, keys=KEYS)
+    assert (result.inserted, result.updated, result.jobs, result.path) == (35, 35, 1, "param")
+    assert len(wrapped.queries) == 1 and wrapped.queries[0].lstrip().startswith("MERGE")
+    assert as_warehouse(client).count_rows(table) == 70
