@@ -170,7 +170,7 @@ def _dedup_lines(dd: dict[str, Any]) -> list[str]:
 
 
 def chart(results: dict[str, Any], path: Path) -> Path | None:
-    """A bar chart of every Redis lock's p50 cycle time as a multiple of the floor."""
+    """Lock ratios to the floor (uncontended p50), and contended throughput per process."""
     unc = results.get("redis", {}).get("uncontended", {})
     if not unc:
         return None
@@ -179,14 +179,18 @@ def chart(results: dict[str, Any], path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(unc)
+    def color(name: str) -> str:
+        return "#999999" if name.startswith(FLOOR) else "#2a7ab9" if name == OURS else "#d9822b"
+
+    con = results.get("redis", {}).get("contended", {})
+    fig, axes = plt.subplots(
+        1, 2 if con else 1, figsize=(12 if con else 7.5, 3.8), dpi=120, squeeze=False
+    )
+    ax = axes[0][0]
+    names = list(unc)[::-1]
     ratios = [unc[n]["ratio_p50_to_floor"] for n in names]
-    colors = [
-        "#999999" if n.startswith(FLOOR) else "#2a7ab9" if n == OURS else "#d9822b" for n in names
-    ]
-    fig, ax = plt.subplots(figsize=(7.5, 3.6), dpi=120)
-    bars = ax.barh(names[::-1], ratios[::-1], color=colors[::-1])
-    for bar, name in zip(bars, names[::-1], strict=True):
+    bars = ax.barh(names, ratios, color=[color(n) for n in names])
+    for bar, name in zip(bars, names, strict=True):
         row = unc[name]
         ax.text(
             bar.get_width() + 0.03,
@@ -197,14 +201,43 @@ def chart(results: dict[str, Any], path: Path) -> Path | None:
         )
     ax.axvline(RATIO_TARGET, color="#2a7ab9", linestyle="--", linewidth=1)
     ax.text(RATIO_TARGET, -0.75, " target 1.10x", color="#2a7ab9", fontsize=7, va="bottom")
-    ax.set_xlabel("p50 acquire+release cycle / floor (SET NX PX + EVALSHA delete)")
-    ax.set_xlim(0, max(ratios) * 1.3)
+    ax.set_xlabel("p50 acquire+release cycle / floor (SET NX PX + EVALSHA delete)", fontsize=8)
+    ax.set_xlim(0, max(ratios) * 1.35)
     m = results.get("machine", {})
     ax.set_title(
-        f"Redis lock cycle, uncontended ({results.get('date', '')[:10]}, "
+        f"Uncontended cycle ({results.get('date', '')[:10]}, "
         f"{m.get('cpu_count')} CPU, redis {m.get('redis_server')})",
         fontsize=9,
     )
+    if con:
+        ax2 = axes[0][1]
+        libs = list(con)[::-1]
+        rates = [con[n]["per_second"] for n in libs]
+        # Whiskers: the slowest and fastest single process's rate, times N.
+        lows = [con[n]["min_per_process"] * con[n]["processes"] / con[n]["seconds"] for n in libs]
+        highs = [con[n]["max_per_process"] * con[n]["processes"] / con[n]["seconds"] for n in libs]
+        err = [
+            [max(0.0, r - lo) for r, lo in zip(rates, lows, strict=True)],
+            [max(0.0, hi - r) for r, hi in zip(rates, highs, strict=True)],
+        ]
+        ax2.barh(libs, rates, color=[color(n) for n in libs], xerr=err, capsize=3)
+        for i, name in enumerate(libs):
+            row = con[name]
+            ax2.text(
+                max(highs[i], rates[i]) * 1.02,
+                i,
+                f"{row['per_second']:.0f}/s  min {row['min_per_process']} max "
+                f"{row['max_per_process']}",
+                va="center",
+                fontsize=7,
+            )
+        ax2.set_xlim(0, max(highs) * 1.6)
+        first = con[libs[0]]
+        ax2.set_xlabel("acquisitions/s (whiskers: slowest and fastest process x N)", fontsize=8)
+        ax2.set_title(
+            f"Contended: {first['processes']} processes, one key, {first['seconds']:g} s",
+            fontsize=9,
+        )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
