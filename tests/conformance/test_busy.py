@@ -193,3 +193,45 @@ def test_redis_hands_over_in_arrival_order_and_the_releaser_cannot_barge(
             t.join(30)
         kit.close()
     assert order == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("kind", [pytest.param("redis", marks=pytest.mark.redis)])
+def test_redis_waiter_that_gives_up_passes_the_hand_over_on(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    from processor_guard.stores.redis_store import RedisStore
+
+    from .conftest import redis_kit
+
+    kit = redis_kit(request.getfixturevalue("redis_url"))
+    store = kit.store
+    assert isinstance(store, RedisStore)
+    key = "pgs:2026-02-03"
+    first = store.try_acquire(key, "first", 60)
+    assert first.acquired and first.fence is not None
+    quitter = store.release_waiter(key)  # joins the queue first
+    second_queued = threading.Event()
+    got: list[bool] = []
+
+    def patient() -> None:
+        with store.release_waiter(key) as waiter:
+            second_queued.set()
+            woke = waiter.wait(20)
+            got.append(woke and store.try_acquire(key, "patient", 60).acquired)
+
+    t = threading.Thread(target=patient)
+    t.start()
+    try:
+        assert second_queued.wait(10)
+        assert store.release(key, "first", first.fence)
+        assert quitter.wait(5), "the first waiter in line was not woken"
+        # The key is reserved for the quitter: nobody else may take it...
+        assert not kit.reconnect().try_acquire(key, "barger", 60).acquired
+        quitter.close()  # ...until it gives up, which hands the key to the next waiter
+        t.join(20)
+        assert got == [True]
+        holder = store.holder(key)
+        assert holder is not None and holder.owner == "patient"
+    finally:
+        t.join(20)
+        kit.close()

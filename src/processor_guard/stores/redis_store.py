@@ -138,6 +138,9 @@ REGISTER_SCRIPT = """
 local t = redis.call('TIME')
 local place = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
 redis.call('ZADD', KEYS[1], 'NX', place, ARGV[1])
+-- Entries of waiters that vanished are dropped when reached; a queue nobody joins
+-- again goes away by itself (live waiters re-join on every busy attempt).
+redis.call('PEXPIRE', KEYS[1], 86400000)
 return redis.call('ZSCORE', KEYS[1], ARGV[1])
 """
 
@@ -226,6 +229,8 @@ class _PubSubWaiter(ReleaseWaiter):
         self.key = key
         self.id = uuid.uuid4().hex
         self.place = ""
+        self.queued = False  # in the key's queue (joined and not yet served or left)
+        self.registry: dict[str, _PubSubWaiter] | None = None  # its thread's waiters
         self._pid = _pid
         self._pubsub = store.client.pubsub()  # type: ignore[no-untyped-call]
         try:
@@ -453,7 +458,8 @@ class RedisStore(LeaseStore):
             raise self._unavailable(key, exc) from exc
         if type(reply) is int:
             if waiter is not None and waiting is not None:
-                del waiting[key]  # out of the queue (the script removed it)
+                waiter.queued = False  # the script took it out of the queue
+                del waiting[key]
             return AcquireResult(True, fence=reply)
         return AcquireResult(False, holder=_holder(key, reply))
 
@@ -538,18 +544,22 @@ class RedisStore(LeaseStore):
         except _ERRORS as exc:
             waiter.discard()
             raise self._unavailable(key, exc) from exc
+        waiter.queued = True
         by_key: dict[str, _PubSubWaiter] | None = getattr(self._waiting, "by_key", None)
         if by_key is None:
             by_key = self._waiting.by_key = {}
         by_key[key] = waiter
+        waiter.registry = by_key
         return waiter
 
     def _end_wait(self, waiter: _PubSubWaiter) -> None:
         """A waiter is done: leave the queue unless it acquired, then keep it for reuse."""
-        by_key: dict[str, _PubSubWaiter] | None = getattr(self._waiting, "by_key", None)
-        if by_key is not None and by_key.get(waiter.key) is waiter:
-            del by_key[waiter.key]
-            # It gave up (or failed): pass on anything reserved for it.
+        registry = waiter.registry
+        if registry is not None and registry.get(waiter.key) is waiter:
+            del registry[waiter.key]
+        if waiter.queued:
+            # It gave up (or failed): leave the queue, pass on anything reserved for it.
+            waiter.queued = False
             try:
                 self._eval(
                     self._unregister,
