@@ -281,3 +281,38 @@ def test_push_endpoint_script_serves_pubsub_pushes(tmp_path: Path) -> None:
     finally:
         con.close()
     assert rows == keys == ALL_ROWS
+
+
+@pytest.mark.bigquery
+def test_processor_on_the_bigquery_emulator(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bigquery_emulator: Any
+) -> None:
+    """The same processor class, given a BigQuery client instead of a DuckDB file."""
+    from google.cloud import bigquery
+
+    from processor_guard.demo_data import COLUMNS
+
+    monkeypatch.setenv("PROCESSOR_GUARD_STORE", f"sqlite:///{tmp_path}/leases.db")
+    client = bigquery_emulator.client()
+    dataset = bigquery_emulator.new_dataset(client)
+    table = bigquery.Table(
+        f"{dataset}.player_game_summary",
+        schema=[bigquery.SchemaField(c, t) for c, t in COLUMNS["player_game_summary"]],
+    )
+    table.time_partitioning = bigquery.TimePartitioning(field="game_date")
+    client.create_table(table)
+    published: list[str] = []
+    tracker = _tracker(SQLiteDocumentClient(tmp_path / "completion.db"), published)
+
+    def counts() -> tuple[int, int]:
+        (row,) = client.query(
+            f"SELECT COUNT(*) AS n, COUNT(DISTINCT player_lookup) AS k "
+            f"FROM `{dataset}.player_game_summary`"
+        ).result()
+        return int(row["n"]), int(row["k"])
+
+    processor = PlayerGameSummaryProcessor(client, tracker, dataset=dataset)
+    assert processor.run({"start_date": DAY, "end_date": DAY, "run_id": "bq-1"}) is True
+    assert processor.run({"start_date": DAY, "end_date": DAY, "run_id": "bq-2"}) is True
+    assert counts() == (ALL_ROWS, ALL_ROWS)
+    assert "player_game_summary" in tracker.state(DAY).completed
