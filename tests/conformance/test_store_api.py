@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from processor_guard import date_lock
 
 from .conftest import StoreKit
@@ -65,3 +67,34 @@ def test_nested_leases_and_current_lease(kit: StoreKit) -> None:
         assert not inner.active and outer.active
     assert current_lease() is None
     assert kit.store.holders() == []
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("client_kind", ["single_connection", "subclass", "decode_responses"])
+def test_redis_store_on_any_redis_client(redis_url: str, client_kind: str) -> None:
+    """Clients the store does not run its own connections for go through redis-py."""
+    import redis
+
+    from processor_guard.stores.redis_store import RedisStore
+
+    class MyRedis(redis.Redis):
+        pass
+
+    if client_kind == "single_connection":
+        client = redis.Redis.from_url(redis_url, single_connection_client=True)
+    elif client_kind == "subclass":
+        client = MyRedis.from_url(redis_url)
+    else:
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+    store = RedisStore(client, prefix="custom")
+    try:
+        with date_lock("pgs", "2026-02-03", store=store, ttl=5, owner="me") as lease:
+            holder = store.holder(lease.key)
+            assert holder is not None and (holder.owner, holder.fence) == ("me", lease.fence)
+            assert [h.key for h in store.holders()] == [lease.key]
+            busy = store.try_acquire(lease.key, "other", 5)
+            assert busy.holder is not None and busy.holder.owner == "me"
+        assert store.holder(lease.key) is None
+        assert store.break_lease(lease.key) > lease.fence
+    finally:
+        store.close()

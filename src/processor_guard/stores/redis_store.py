@@ -287,8 +287,9 @@ class _PubSubWaiter(ReleaseWaiter):
 
 
 class RedisStore(LeaseStore):
-    """Leases in Redis: atomic Lua scripts, fences that never go backwards, and
-    release notices over pub/sub so waiters take over as soon as a lease is freed."""
+    """Leases in Redis: atomic Lua scripts, fences that never go backwards, expiry on the
+    server's clock, and a first-come-first-served hand-over: a release wakes the
+    longest-waiting waiter over pub/sub and reserves the key for it."""
 
     scheme = "redis"
 
@@ -308,7 +309,11 @@ class RedisStore(LeaseStore):
         self._waiters_lock = threading.Lock()
         self._closed = False
         self._idle: list[Connection] = []
-        self._encoding = client.connection_pool.connection_kwargs.get("encoding", "utf-8")
+        self._encoding = (
+            client.connection_pool.connection_kwargs.get("encoding", "utf-8")
+            if self._direct
+            else "utf-8"
+        )
         self._idle_pid = _pid
         self._conns: weakref.WeakSet[Connection] = weakref.WeakSet()  # for close()
         self._acquire = client.register_script(ACQUIRE_SCRIPT)
