@@ -14,12 +14,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from fixtures.services import RedisServer
-from processor_guard.stores import LeaseStore, MemoryStore, open_store
+from processor_guard.stores import LeaseStore, MemoryStore
 
 KINDS = [
     pytest.param("memory"),
@@ -205,17 +204,3 @@ def own_redis() -> Iterator[RedisServer]:
 def key() -> str:
     """A lease key unique to the test."""
     return f"conformance-{uuid.uuid4().hex[:8]}:2026-02-03"
-
-
-def open_url(url: str, env: dict[str, str]) -> Any:
-    """open_store with ``env`` applied (what a subprocess sees)."""
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        return open_store(url)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
