@@ -1,6 +1,7 @@
 """A lease holder run as its own OS process, so a test can SIGSTOP and SIGCONT it.
 
 Protocol (one JSON object per line on stdout, commands on stdin), repeated per round:
+  -> {"event": "starting", "round": i}      (about to acquire, waiting if busy)
   -> {"event": "acquired", "fence": N, "pid": P, "round": i}
   <- "go"         (the test has paused us past our ttl and resumed us)
   -> {"event": "result", ...}   what a stale holder experienced on resume
@@ -57,6 +58,7 @@ def hold_once(store: Any, args: argparse.Namespace, round_no: int) -> dict[str, 
     """One round: acquire, announce, wait for "go", then report; None if lost too early."""
     result: dict[str, Any] = {"event": "result", "round": round_no}
     announced = False
+    say(event="starting", round=round_no)
     try:
         with date_lock(
             args.scope,

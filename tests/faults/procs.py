@@ -53,7 +53,16 @@ class HolderProcess:
         return "".join(self._stderr[-40:])
 
     def expect(self, event: str, timeout: float = 30) -> dict[str, Any]:
-        """The next message, which must be ``event``."""
+        """The next message, which must be ``event`` ("starting" notes are skipped
+        unless asked for)."""
+        while True:
+            message = self._next(timeout)
+            if message.get("event") == "starting" and event != "starting":
+                continue
+            assert message.get("event") == event, (message, self.stderr)
+            return message
+
+    def _next(self, timeout: float) -> dict[str, Any]:
         try:
             line = self._lines.get(timeout=timeout)
         except queue.Empty:
@@ -64,7 +73,6 @@ class HolderProcess:
             self.proc.wait(5)
             raise AssertionError(f"holder exited ({self.proc.returncode}); stderr:\n{self.stderr}")
         message: dict[str, Any] = json.loads(line)
-        assert message.get("event") == event, (message, self.stderr)
         return message
 
     def send(self, command: str) -> None:
