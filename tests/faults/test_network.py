@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -151,5 +153,36 @@ def test_slow_link_over_the_timeout_is_unavailable_and_never_free(
     proxy.heal()
     with date_lock("net", "2026-02-03", store=healthy, wait=0) as later:
         assert later.fence > lease.fence
+    store.close()
+    healthy.close()
+
+
+@pytest.mark.parametrize("fault", ["stall", "cut"])
+def test_waiter_on_a_dead_link_is_unavailable_never_busy_or_acquired(
+    proxy: FaultyProxy, redis_url: str, fault: str
+) -> None:
+    healthy = direct(redis_url)
+    store = short_fused(proxy.port)
+    outcome: list[str] = []
+
+    def wait_for_it() -> None:
+        try:
+            with date_lock("net", "2026-02-03", store=store, wait=10):
+                outcome.append("acquired")
+        except StoreUnavailable:
+            outcome.append("unavailable")
+        except LockBusy:
+            outcome.append("busy")
+
+    with date_lock("net", "2026-02-03", store=healthy, ttl=30) as held:
+        waiter = threading.Thread(target=wait_for_it)
+        waiter.start()
+        time.sleep(0.3)  # the waiter is subscribed and queued behind the holder
+        getattr(proxy, fault)()
+        waiter.join(20)
+        assert not waiter.is_alive()
+        held.check()
+    # Its wait (10 s) had not run out: an outage must not be reported as "busy".
+    assert outcome == ["unavailable"]
     store.close()
     healthy.close()
