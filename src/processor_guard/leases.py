@@ -209,6 +209,9 @@ class Lease:
         """Raise LeaseLost when lost, or when less than the safety margin remains."""
         if self._pid != _pid:
             raise LeaseLost(self.key, self.owner, self.fence, "lease belongs to the parent process")
+        if self._released and not self.lost.is_set():
+            # After the with block the fence must not be used to write any more.
+            raise LeaseLost(self.key, self.owner, self.fence, "the lease was released")
         if not self.lost.is_set() and self._clock() >= self._deadline and not self._released:
             self._mark_lost(self._expiry_reason())
         if self.lost.is_set():
@@ -402,8 +405,16 @@ class _Keeper:
                 continue
             try:
                 if task.kind == "expire":
-                    lease._expire_if_due()
-                    if lease.active:
+                    if lease._clock() >= lease._deadline:
+                        # Loss runs the user's on_lost and hooks: on a thread of its own,
+                        # so a slow one cannot hold up the deadlines of other leases.
+                        threading.Thread(
+                            target=self._expire,
+                            args=(lease,),
+                            name="processor_guard-lost",
+                            daemon=True,
+                        ).start()
+                    else:
                         self._schedule(self._at(lease, lease._deadline), "expire", lease)
                 elif id(lease) not in self._inflight:
                     self._inflight.add(id(lease))
@@ -414,6 +425,14 @@ class _Keeper:
                     self._pool.submit(self._renew, lease)
             except Exception:
                 log.exception("keeper failed on %s", lease.key)
+
+    def _expire(self, lease: Lease) -> None:
+        try:
+            lease._expire_if_due()
+        except Exception:
+            log.exception("expiring %s failed", lease.key)
+        if lease.active:  # renewed just in time: keep watching the new deadline
+            self._schedule(self._at(lease, lease._deadline), "expire", lease)
 
     def _renew(self, lease: Lease) -> None:
         try:

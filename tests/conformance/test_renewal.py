@@ -9,7 +9,7 @@ import time
 import pytest
 
 from fixtures.services import RedisServer
-from processor_guard import LeaseLost, LockBusy, date_lock
+from processor_guard import LeaseLost, LockBusy, MemoryStore, date_lock
 from processor_guard.leases import Lease, LeaseHooks
 
 from .conftest import StoreKit, redis_kit
@@ -181,3 +181,43 @@ def test_forked_child_never_renews_or_releases_the_parents_lease(
             lease.check()
     finally:
         kit.close()
+
+
+class _HangingRenewals(MemoryStore):
+    """A store whose renewals hang (a black-holed link) until ``unblock`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unblock = threading.Event()
+
+    def renew(self, key: str, owner: str, fence: int, ttl: float) -> bool:
+        self.unblock.wait(30)
+        return super().renew(key, owner, fence, ttl)
+
+
+def test_slow_loss_callback_does_not_delay_other_leases_deadlines() -> None:
+    """Loss callbacks run off the keeper's scheduling thread: one slow on_lost hook must
+    not hold up the deadline of every other lease in the process."""
+    store = _HangingRenewals()
+    slow_started = threading.Event()
+
+    def slow_on_lost(lease: Lease) -> None:
+        slow_started.set()
+        time.sleep(3.0)
+
+    try:
+        with (
+            pytest.raises(LeaseLost),
+            date_lock("pgs", "2026-02-01", store=store, ttl=0.5, on_lost=slow_on_lost) as first,
+        ):
+            time.sleep(0.1)
+            with (
+                pytest.raises(LeaseLost),
+                date_lock("pgs", "2026-02-02", store=store, ttl=0.5) as second,
+            ):
+                assert first.lost.wait(2.0)
+                assert slow_started.wait(2.0)
+                # The first callback is still sleeping; the second deadline comes anyway.
+                assert second.lost.wait(1.0), "a slow on_lost callback held up the keeper"
+    finally:
+        store.unblock.set()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from processor_guard import date_lock
+from processor_guard import LeaseLost, date_lock
 
 from .conftest import StoreKit
 
@@ -67,6 +67,8 @@ def test_nested_leases_and_current_lease(kit: StoreKit) -> None:
         assert not inner.active and outer.active
     assert current_lease() is None
     assert kit.store.holders() == []
+    with pytest.raises(LeaseLost, match="released"):
+        outer.check()  # a released lease's fence must not be written with any more
 
 
 @pytest.mark.redis

@@ -438,7 +438,7 @@ class RedisStore(LeaseStore):
 
     def _unavailable(self, key: str | None, exc: BaseException) -> StoreUnavailable:
         what = f"key {key!r}" if key is not None else "holders"
-        return StoreUnavailable(f"redis store unavailable for {what}: {exc!r}", key=key)
+        return StoreUnavailable(f"redis unreachable for {what}: {exc}", key=key)
 
     def try_acquire(self, key: str, owner: str, ttl: float) -> AcquireResult:
         prefix = f"{self._prefix}:{{{key}}}:"
