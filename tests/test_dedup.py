@@ -263,3 +263,137 @@ def test_property_one_row_per_key_and_newest(rows: list[dict[str, Any]]) -> None
     for kept in out:
         group = [r for r in rows if _key(r) == _key(kept)]
         assert instant(kept["processed_at"]) == max(instant(r["processed_at"]) for r in group)
+
+
+# -- key forms on both grouping paths -------------------------------------------------
+# Two keys with text in the second column take a screened single pass; other shapes
+# take the general path. These tests pin both to the same semantics.
+
+
+def test_timestamp_strings_spelled_differently_are_one_key() -> None:
+    spellings = [
+        "2026-02-03T10:00:00Z",
+        "2026-02-03 10:00:00+00:00",
+        "2026-02-03T12:00:00+02:00",
+        dt.datetime(2026, 2, 3, 10, tzinfo=UTC),
+        dt.datetime(2026, 2, 3, 10),  # naive = UTC
+    ]
+    rows = [{"game_id": "g1", "start": s, "v": i} for i, s in enumerate(spellings)]
+    rows.append({"game_id": "g1", "start": "2026-02-03T10:00:01Z", "v": 9})
+    for keys in (("game_id", "start"), ("start", "game_id")):
+        out, report = dedupe_rows(rows, keys, order_by="v")
+        assert sorted(r["v"] for r in out) == [4, 9], keys
+        assert report.duplicate_keys == 1 and report.dropped_rows == 4
+
+
+def test_dates_and_iso_strings_mixed_later_in_either_column() -> None:
+    rows = [
+        {
+            "game_date": dt.date(2026, 2, 3),
+            "player_lookup": "a",
+            "processed_at": "2026-02-03T01:00:00",
+        },
+        {
+            "game_date": dt.date(2026, 2, 3),
+            "player_lookup": "b",
+            "processed_at": "2026-02-03T01:00:00",
+        },
+        {"game_date": "2026-02-03", "player_lookup": "a", "processed_at": "2026-02-03T02:00:00"},
+    ]
+    out, report = dedupe_rows(rows, KEYS)
+    assert [r["player_lookup"] for r in out] == ["a", "b"] and report.duplicate_keys == 1
+    assert out[0]["game_date"] == "2026-02-03"
+    swapped = [
+        {"k": "x", "day": "2026-02-03", "n": 1},
+        {"k": "x", "day": "zzz", "n": 2},
+        {"k": "x", "day": dt.date(2026, 2, 3), "n": 3},
+    ]
+    out, report = dedupe_rows(swapped, ("k", "day"), order_by="n")
+    assert sorted(r["n"] for r in out) == [2, 3] and report.duplicate_keys == 1
+
+
+def test_falsy_but_valid_key_values_are_accepted() -> None:
+    rows = [
+        {"game_date": "2026-02-03", "player_lookup": "a"},
+        {"game_date": 0, "player_lookup": "0"},
+        {"game_date": False, "player_lookup": "~"},
+    ]
+    out, report = dedupe_rows(rows, KEYS, order_by=None)
+    assert len(out) == 3 and report.dropped_rows == 0
+
+
+@pytest.mark.parametrize(
+    ("bad", "column"),
+    [
+        ({"game_date": None, "player_lookup": "x"}, "game_date"),
+        ({"game_date": "2026-02-03", "player_lookup": ""}, "player_lookup"),
+        ({"game_date": "2026-02-03"}, "player_lookup"),
+        ({"game_date": "2026-02-03", "player_lookup": {"x": 1}}, "player_lookup"),
+    ],
+)
+def test_bad_key_late_in_a_large_batch(bad: dict[str, Any], column: str) -> None:
+    rows: list[dict[str, Any]] = [
+        {"game_date": dt.date(2026, 2, 3), "player_lookup": f"p{i}"} for i in range(2000)
+    ]
+    rows.insert(1500, bad)
+    with pytest.raises(InvalidRows) as info:
+        dedupe_rows(rows, KEYS)
+    assert (info.value.row_index, info.value.column) == (1500, column)
+
+
+_key_values = st.sampled_from(
+    [
+        dt.date(2026, 2, 3),
+        "2026-02-03",
+        dt.date(2026, 2, 4),
+        "2026-02-03T10:00:00Z",
+        "2026-02-03 12:00:00+02:00",
+        dt.datetime(2026, 2, 3, 10, tzinfo=UTC),
+        dt.datetime(2026, 2, 3, 10),
+        "lebronjames",
+        "Zed",
+        "0",
+        0,
+        7,
+    ]
+)
+
+
+@st.composite
+def _mixed_row(draw: Any) -> dict[str, Any]:
+    return {
+        "a": draw(_key_values),
+        "b": draw(_key_values),
+        "c": "const",
+        "v": draw(st.integers(0, 2)),
+        "processed_at": draw(_stamp),
+    }
+
+
+def _norm_key(value: Any) -> Any:
+    """The issue's key equality, written independently of the library."""
+    if isinstance(value, dt.datetime):
+        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return aware.astimezone(UTC)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, str) and len(value) > 10 and value[10] in "T ":
+        return _norm_key(dt.datetime.fromisoformat(value.replace("Z", "+00:00")))
+    return value
+
+
+@given(st.lists(_mixed_row(), max_size=25), st.sampled_from(["last", "first"]))
+@settings(max_examples=300, deadline=None)
+def test_property_grouping_paths_agree(rows: list[dict[str, Any]], keep: str) -> None:
+    runs = [
+        dedupe_rows(rows, keys, keep=keep, copy=False)
+        for keys in (("a", "b"), ("b", "a"), ("c", "a", "b"))
+    ]
+    kept = [[id(r) for r in out] for out, _ in runs]
+    assert kept[0] == kept[1] == kept[2]
+    counts = {
+        (rep.output_rows, rep.dropped_rows, rep.duplicate_keys, rep.conflicting_keys)
+        for _, rep in runs
+    }
+    assert len(counts) == 1
+    assert len(runs[0][0]) == len({(_norm_key(r["a"]), _norm_key(r["b"])) for r in rows})

@@ -18,7 +18,6 @@ Rules:
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 import logging
 import re
@@ -36,8 +35,9 @@ __all__ = ["TABLES", "DedupReport", "TableSpec", "dedupe_rows"]
 
 log = logging.getLogger(__name__)
 
-_TS_LIKE = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
-_TS_LIKE_ANY = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}", re.MULTILINE)
+# ASCII digits only: a key string that does not start with 0-9 is never a timestamp.
+_TS_LIKE = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}", re.ASCII)
+_TS_LIKE_ANY = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}", re.ASCII | re.MULTILINE)
 
 
 @dataclass
@@ -99,10 +99,14 @@ def _order_value(value: object) -> tuple[Any, ...]:
     return (1, 3, repr(value))
 
 
-_order_cached = functools.lru_cache(maxsize=65536)(_order_value)
-
-
 def _canon(value: object) -> object:
+    """A value's normal form for the content comparison (JSON-friendly)."""
+    kind = type(value)
+    if kind is int or kind is bool or value is None:
+        return value
+    if kind is str:
+        # Only a string starting with a digit can be a timestamp.
+        return _norm_value(value) if "0" <= value[:1] <= "9" else value  # type: ignore[index]
     if isinstance(value, (dt.date, str)):
         return _norm_value(value)
     if isinstance(value, Decimal):
@@ -168,83 +172,35 @@ def dedupe_rows(
     if keep not in ("last", "first"):
         raise ConfigError(f"keep must be 'last' or 'first': {keep!r}")
     data: Sequence[Any] = rows if isinstance(rows, (list, tuple)) else list(rows)
-    getter = itemgetter(*keys)
-
-    # Hot loop: group on the raw key tuple; only duplicates take a slower path.
-    best: dict[Any, Any] = {}
-    dups: list[Any] = []
-    first_seen = best.setdefault
-    add_dup = dups.append
-    try:
-        for row in data:
-            if first_seen(getter(row), row) is not row:
-                add_dup(row)
-    except (KeyError, TypeError, IndexError) as exc:
-        raise _locate_bad_row(data, keys) from exc
-
-    single = len(keys) == 1
-    # Distinct values per key column (C-level passes; zip(*keys) is far slower).
-    columns = [set(best)] if single else [set(map(itemgetter(j), best)) for j in range(len(keys))]
-    rekey = False
-    for distinct in columns:
-        if None in distinct or "" in distinct:
-            raise _locate_bad_row(data, keys)
-        if len(distinct) > 1 and _needs_normalising(distinct):
-            normal = {_norm_value(v) for v in distinct}
-            if len(normal) != len(distinct):
-                rekey = True
-
+    key_of: Any = itemgetter(*keys)
+    first = data[0] if data else None
+    if (
+        len(keys) == 2
+        and isinstance(first, Mapping)
+        and keys[0] in first
+        and type(first.get(keys[1])) is str
+    ):
+        # The analytics tables' shape (a date, then a name): validation and the
+        # normalisation screen ride along in the one pass.
+        best, dups, odd = _group_screened(data, keys, type(first[keys[0]]))
+        rekey = _screened_rekey(best, data, odd, keys, type(first[keys[0]]))
+    else:
+        best, dups = _group(data, keys, key_of)
+        rekey = _checked_rekey(best, data, keys)
     if rekey:
         # Some raw keys collide once normalised (e.g. a date and its ISO string).
         key_of = _normalised_getter(keys)
-        best = {}
-        dups = []
-        for row in data:
-            if best.setdefault(key_of(row), row) is not row:
-                dups.append(row)
-    else:
-        key_of = getter
+        best, dups = _group(data, keys, key_of)
 
-    duplicate_keys = 0
-    conflicting = 0
+    duplicate_keys = conflicting = 0
     examples: list[dict[str, Any]] = []
     if dups:
-        groups: dict[Any, list[Any]] = {}
-        for row in dups:
-            k = key_of(row)
-            group = groups.get(k)
-            if group is None:
-                groups[k] = [best[k], row]
-            else:
-                group.append(row)
-        skip = (*keys, order_by) if order_by else keys
-        pick = max if keep == "last" else min
-        last = keep == "last"
-        ob = order_by
-        duplicate_keys = len(groups)
-        for k, group in groups.items():
-            if ob is not None and len(group) == 2:
-                # The common case, kept tight: one re-delivery of a row.
-                first, second = group
-                a, b = _order_key(first.get(ob)), _order_key(second.get(ob))
-                if a == b:
-                    best[k] = _choose(group, ob, pick)
-                else:
-                    best[k] = first if (a > b) == last else second
-                same = second == first or (
-                    ob in first and ob in second and {**second, ob: first[ob]} == first
-                )
-            else:
-                best[k] = _choose(group, ob, pick)
-                same = False
-            if not same and _values_differ(group, skip):
-                conflicting += 1
-                if len(examples) < 3:
-                    key = dict(zip(keys, k if isinstance(k, tuple) else (k,), strict=True))
-                    diff = _differing_columns(group, skip)
-                    examples.append({"key": key, "rows": len(group), "differs": diff})
+        firsts, conflicted = _resolve(best, dups, key_of, keys, order_by, keep)
+        duplicate_keys, conflicting = len(firsts), len(conflicted)
+        if conflicted:
+            examples = _examples(firsts, dups, key_of, keys, order_by, conflicted[:3])
 
-    out = [dict(r) for r in best.values()] if copy else list(best.values())
+    out = list(map(dict, best.values())) if copy else list(best.values())
     report = DedupReport(
         input_rows=len(data),
         output_rows=len(out),
@@ -264,37 +220,216 @@ def dedupe_rows(
     return out, report
 
 
-def _choose(group: list[Any], order_by: str | None, pick: Any) -> Any:
-    """The kept row of a key's group: extreme ``order_by``, ties by canonical content."""
-    if order_by is not None and len(group) == 2:
-        first, second = group
-        a, b = _order_key(first.get(order_by)), _order_key(second.get(order_by))
-        if a != b:
-            return first if pick(a, b) is a else second
-    if order_by is not None:
-        ranked = [(_order_key(r.get(order_by)), r) for r in group]
-        top = pick(o for o, _ in ranked)
-        tied = [r for o, r in ranked if o == top]
+def _group(
+    data: Sequence[Any], keys: tuple[str, ...], key_of: Any
+) -> tuple[dict[Any, Any], list[Any]]:
+    """Each key's first row, and every later row of a key seen before (input order)."""
+    best: dict[Any, Any] = {}
+    dups: list[Any] = []
+    first_seen = best.setdefault
+    add_dup = dups.append
+    try:
+        if type(key_of) is itemgetter and len(keys) == 2:
+            # The common case written out: subscripts beat a call to the itemgetter.
+            a, b = keys
+            for row in data:
+                if first_seen((row[a], row[b]), row) is not row:
+                    add_dup(row)
+        else:
+            for row in data:
+                if first_seen(key_of(row), row) is not row:
+                    add_dup(row)
+    except (KeyError, TypeError, IndexError) as exc:
+        raise _locate_bad_row(data, keys) from exc
+    return best, dups
+
+
+def _checked_rekey(best: dict[Any, Any], data: Sequence[Any], keys: tuple[str, ...]) -> bool:
+    """Validate the distinct key values; whether some only collide once normalised."""
+    if len(keys) == 1:
+        columns: list[Any] = [best]
     else:
-        tied = group
-    return tied[0] if len(tied) == 1 else pick(tied, key=_content)
+        columns = [set(map(itemgetter(j), best)) for j in range(len(keys))]
+    for distinct in columns:
+        if None in distinct or "" in distinct:
+            raise _locate_bad_row(data, keys)
+    return any(_collides(distinct) for distinct in columns)
 
 
-def _values_differ(group: list[Any], skip: tuple[str, ...]) -> bool:
-    """Whether rows of a group differ outside the key and ``order_by`` columns."""
-    first = group[0]
-    for other in group[1:]:
-        aligned = dict(other)
-        for col in skip:
-            if col in first:
-                aligned[col] = first[col]
-            else:
-                aligned.pop(col, None)
-        if aligned != first:
-            for col in first.keys() | other.keys():
-                a, b = first.get(col), other.get(col)
-                if col not in skip and a != b and _canon(a) != _canon(b):
-                    return True
+def _collides(distinct: Any) -> bool:
+    """Whether distinct values of a key column are fewer once normalised."""
+    return _may_collide(distinct) and len({_norm_value(v) for v in distinct}) != len(distinct)
+
+
+def _group_screened(
+    data: Sequence[Any], keys: tuple[str, ...], first_type: type
+) -> tuple[dict[Any, Any], list[Any], list[Any]]:
+    """``_group`` for two keys whose second is text, also returning the rows to look at.
+
+    A row is set aside when its first key value is falsy or not of ``first_type``,
+    or its second is not a str or sorts below ``":"`` (empty, or starts with a digit
+    as a timestamp would). Every other row has valid keys that normalise to
+    themselves, except that the first column needs a look unless it holds dates.
+    """
+    best: dict[Any, Any] = {}
+    dups: list[Any] = []
+    odd: list[Any] = []
+    first_seen = best.setdefault
+    add_dup = dups.append
+    add_odd = odd.append
+    a, b = keys
+    tx = first_type
+    try:
+        for row in data:
+            x = row[a]
+            y = row[b]
+            if type(x) is not tx or not x or type(y) is not str or y < ":":
+                add_odd(row)
+            if first_seen((x, y), row) is not row:
+                add_dup(row)
+    except (KeyError, TypeError, IndexError) as exc:
+        raise _locate_bad_row(data, keys) from exc
+    return best, dups, odd
+
+
+def _screened_rekey(
+    best: dict[Any, Any],
+    data: Sequence[Any],
+    odd: list[Any],
+    keys: tuple[str, ...],
+    first_type: type,
+) -> bool:
+    """``_checked_rekey`` after ``_group_screened``: mostly the set-aside rows only."""
+    xs: set[Any] = set(map(itemgetter(keys[0]), odd))
+    ys: set[Any] = set(map(itemgetter(keys[1]), odd))
+    if None in xs or "" in xs or None in ys or "" in ys:
+        raise _locate_bad_row(data, keys)
+    if first_type is dt.date and not any(isinstance(v, (dt.datetime, str)) for v in xs):
+        rekey = False  # dates (beside non-temporal values) never collide
+    else:
+        rekey = _collides(set(map(itemgetter(0), best)))
+    # Second column: a value that is or may equal a normalised timestamp or date
+    # starts with a digit (or is not a str), so any collision lies within ``ys``.
+    return rekey or _collides(ys)
+
+
+def _resolve(
+    best: dict[Any, Any],
+    dups: list[Any],
+    key_of: Any,
+    keys: tuple[str, ...],
+    order_by: str | None,
+    keep: str,
+) -> tuple[dict[Any, Any], list[Any]]:
+    """Fold each duplicate into its key's kept row; (first row by key, conflicting keys).
+
+    Allocates no container per key: a long-lived object per duplicate key would
+    trigger full garbage collections over the million-entry ``best``.
+    """
+    last = keep == "last"
+    ob = order_by
+    skip = (*keys, ob) if ob is not None else keys
+    firsts: dict[Any, Any] = {}  # the first row of each duplicate key
+    first_of = firsts.setdefault
+    conflicted: dict[Any, None] = {}
+    orders: dict[Any, tuple[Any, ...]] = {}
+    for row in dups:
+        k = key_of(row)
+        kept = best[k]
+        first = first_of(k, kept)
+        newer: bool | None = None
+        if ob is not None:
+            a, b = row.get(ob), kept.get(ob)
+            if a != b:
+                try:
+                    oa, ob_ = orders[a], orders[b]
+                except (KeyError, TypeError):
+                    oa, ob_ = _order_of(a, orders), _order_of(b, orders)
+                if oa != ob_:
+                    newer = oa > ob_
+        if newer is None:
+            # Tie on order_by: the canonical content decides; an equal one keeps `kept`.
+            if row != kept:
+                ca, cb = _content(row), _content(kept)
+                if ca != cb and (ca > cb) == last:
+                    best[k] = row
+        elif newer == last:
+            best[k] = row
+        if (
+            k not in conflicted
+            and row != first
+            and (ob is None or ob not in row or ob not in first or {**row, ob: first[ob]} != first)
+            and _values_differ(first, row, skip)
+        ):
+            conflicted[k] = None
+    return firsts, list(conflicted)
+
+
+def _examples(
+    firsts: dict[Any, Any],
+    dups: list[Any],
+    key_of: Any,
+    keys: tuple[str, ...],
+    order_by: str | None,
+    chosen: list[Any],
+) -> list[dict[str, Any]]:
+    """A few conflicting keys with their row count and differing columns, for the log."""
+    skip = (*keys, order_by) if order_by else keys
+    groups: dict[Any, list[Any]] = {k: [firsts[k]] for k in chosen}
+    for row in dups:
+        group = groups.get(key_of(row))
+        if group is not None:
+            group.append(row)
+    return [
+        {
+            "key": dict(zip(keys, k if len(keys) > 1 else (k,), strict=True)),
+            "rows": len(group),
+            "differs": _differing_columns(group, skip),
+        }
+        for k, group in groups.items()
+    ]
+
+
+def _order_of(value: object, cache: dict[Any, tuple[Any, ...]]) -> tuple[Any, ...]:
+    """``_order_value`` memoised in ``cache`` (a dict: no per-entry container)."""
+    try:
+        return cache[value]
+    except KeyError:
+        result = cache[value] = _order_value(value)
+        return result
+    except TypeError:  # unhashable
+        return _order_value(value)
+
+
+def _may_collide(distinct: Any) -> bool:
+    """Whether two distinct values of a key column may be one key once normalised."""
+    if len(distinct) < 2:
+        return False
+    try:
+        text = "\n".join(distinct)
+    except TypeError:
+        kinds = set(map(type, distinct))
+        if any(issubclass(k, dt.date) for k in kinds):
+            # Only dates: never equal unless equal already. Else (datetimes, dates
+            # beside strings) the caller compares the normalised values.
+            return kinds != {dt.date}
+        text = "\n".join(v for v in distinct if isinstance(v, str))
+    # Only strings written as timestamps can collide (one instant, two spellings).
+    return ":" in text and _TS_LIKE_ANY.search(text) is not None
+
+
+def _values_differ(
+    first: Mapping[str, Any], other: Mapping[str, Any], skip: tuple[str, ...]
+) -> bool:
+    """Whether two rows differ outside ``skip`` (normalised values; absent means None)."""
+    for col, a in first.items():
+        if col not in skip:
+            b = other.get(col)
+            if a != b and _canon(a) != _canon(b):
+                return True
+    for col, b in other.items():
+        if col not in first and col not in skip and b is not None and _canon(b) is not None:
+            return True
     return False
 
 
@@ -307,24 +442,6 @@ def _differing_columns(group: list[Any], skip: tuple[str, ...]) -> dict[str, lis
         if len(values) > 1:
             out[col] = [r.get(col) for r in group][:4]
     return out
-
-
-def _order_key(value: object) -> tuple[Any, ...]:
-    try:
-        return _order_cached(value)
-    except TypeError:  # unhashable
-        return _order_value(value)
-
-
-def _needs_normalising(distinct: set[Any]) -> bool:
-    """Whether a column's distinct values hold temporal values that may collide."""
-    kinds = set(map(type, distinct))
-    if any(issubclass(k, dt.date) for k in kinds):
-        return True
-    if str not in kinds:
-        return False
-    strings = distinct if kinds == {str} else [v for v in distinct if isinstance(v, str)]
-    return _TS_LIKE_ANY.search("\n".join(strings)) is not None
 
 
 def _normalised_getter(keys: tuple[str, ...]) -> Any:
