@@ -21,7 +21,7 @@ import datetime as dt
 import json
 import logging
 import re
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from operator import itemgetter
@@ -128,7 +128,13 @@ def _content(row: Mapping[str, Any], skip: frozenset[str] = frozenset()) -> str:
     )
 
 
-def _locate_bad_row(rows: Sequence[Any], keys: tuple[str, ...]) -> InvalidRows:
+def _located(rows: Sequence[Any], keys: tuple[str, ...]) -> InvalidRows:
+    """``_locate_bad_row`` where a bad key value was seen."""
+    found = _locate_bad_row(rows, keys)
+    return found or InvalidRows("a row has an invalid key")  # pragma: no cover
+
+
+def _locate_bad_row(rows: Sequence[Any], keys: tuple[str, ...]) -> InvalidRows | None:
     """The InvalidRows for the first row whose key is missing, None, empty or unhashable."""
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping):
@@ -151,7 +157,7 @@ def _locate_bad_row(rows: Sequence[Any], keys: tuple[str, ...]) -> InvalidRows:
                     row_index=i,
                     column=k,
                 )
-    return InvalidRows("a row has an invalid key")  # pragma: no cover - caller saw one
+    return None
 
 
 def dedupe_rows(
@@ -172,8 +178,9 @@ def dedupe_rows(
     if keep not in ("last", "first"):
         raise ConfigError(f"keep must be 'last' or 'first': {keep!r}")
     data: Sequence[Any] = rows if isinstance(rows, (list, tuple)) else list(rows)
-    key_of: Any = itemgetter(*keys)
     first = data[0] if data else None
+    best: dict[Any, Any] = {}
+    fold, firsts, conflicted = _folder(best, keys, order_by, keep)
     if (
         len(keys) == 2
         and isinstance(first, Mapping)
@@ -182,23 +189,23 @@ def dedupe_rows(
     ):
         # The analytics tables' shape (a date, then a name): validation and the
         # normalisation screen ride along in the one pass.
-        best, dups, odd = _group_screened(data, keys, type(first[keys[0]]))
-        rekey = _screened_rekey(best, data, odd, keys, type(first[keys[0]]))
+        tx = type(first[keys[0]])
+        dups, dup_keys, odd = _group_screened(best, fold, data, keys, tx)
+        rekey = _screened_rekey(best, data, odd, keys, tx)
     else:
-        best, dups = _group(data, keys, key_of)
+        dups, dup_keys = _group(best, fold, data, keys, itemgetter(*keys))
         rekey = _checked_rekey(best, data, keys)
     if rekey:
         # Some raw keys collide once normalised (e.g. a date and its ISO string).
-        key_of = _normalised_getter(keys)
-        best, dups = _group(data, keys, key_of)
+        best = {}
+        fold, firsts, conflicted = _folder(best, keys, order_by, keep)
+        dups, dup_keys = _group(best, fold, data, keys, _normalised_getter(keys))
 
-    duplicate_keys = conflicting = 0
+    duplicate_keys, conflicting = len(firsts), len(conflicted)
     examples: list[dict[str, Any]] = []
-    if dups:
-        firsts, conflicted = _resolve(best, dups, key_of, keys, order_by, keep)
-        duplicate_keys, conflicting = len(firsts), len(conflicted)
-        if conflicted:
-            examples = _examples(firsts, dups, key_of, keys, order_by, conflicted[:3])
+    if conflicted:
+        chosen = list(conflicted)[:3]
+        examples = _examples(firsts, dups, dup_keys, keys, order_by, chosen)
 
     out = list(map(dict, best.values())) if copy else list(best.values())
     report = DedupReport(
@@ -221,27 +228,28 @@ def dedupe_rows(
 
 
 def _group(
-    data: Sequence[Any], keys: tuple[str, ...], key_of: Any
-) -> tuple[dict[Any, Any], list[Any]]:
-    """Each key's first row, and every later row of a key seen before (input order)."""
-    best: dict[Any, Any] = {}
+    best: dict[Any, Any], fold: Any, data: Sequence[Any], keys: tuple[str, ...], key_of: Any
+) -> tuple[list[Any], list[Any]]:
+    """Fill ``best`` (one row per key, duplicates folded in); the duplicates and their keys."""
     dups: list[Any] = []
+    dup_keys: list[Any] = []
     first_seen = best.setdefault
     add_dup = dups.append
+    add_key = dup_keys.append
     try:
-        if type(key_of) is itemgetter and len(keys) == 2:
-            # The common case written out: subscripts beat a call to the itemgetter.
-            a, b = keys
-            for row in data:
-                if first_seen((row[a], row[b]), row) is not row:
-                    add_dup(row)
-        else:
-            for row in data:
-                if first_seen(key_of(row), row) is not row:
-                    add_dup(row)
+        for row in data:
+            k = key_of(row)
+            kept = first_seen(k, row)
+            if kept is not row:
+                fold(k, kept, row)
+                add_dup(row)
+                add_key(k)
     except (KeyError, TypeError, IndexError) as exc:
-        raise _locate_bad_row(data, keys) from exc
-    return best, dups
+        bad = _locate_bad_row(data, keys)
+        if bad is None:
+            raise
+        raise bad from exc
+    return dups, dup_keys
 
 
 def _checked_rekey(best: dict[Any, Any], data: Sequence[Any], keys: tuple[str, ...]) -> bool:
@@ -252,7 +260,7 @@ def _checked_rekey(best: dict[Any, Any], data: Sequence[Any], keys: tuple[str, .
         columns = [set(map(itemgetter(j), best)) for j in range(len(keys))]
     for distinct in columns:
         if None in distinct or "" in distinct:
-            raise _locate_bad_row(data, keys)
+            raise _located(data, keys)
     return any(_collides(distinct) for distinct in columns)
 
 
@@ -262,8 +270,8 @@ def _collides(distinct: Any) -> bool:
 
 
 def _group_screened(
-    data: Sequence[Any], keys: tuple[str, ...], first_type: type
-) -> tuple[dict[Any, Any], list[Any], list[Any]]:
+    best: dict[Any, Any], fold: Any, data: Sequence[Any], keys: tuple[str, ...], first_type: type
+) -> tuple[list[Any], list[Any], list[Any]]:
     """``_group`` for two keys whose second is text, also returning the rows to look at.
 
     A row is set aside when its first key value is falsy or not of ``first_type``,
@@ -271,11 +279,12 @@ def _group_screened(
     as a timestamp would). Every other row has valid keys that normalise to
     themselves, except that the first column needs a look unless it holds dates.
     """
-    best: dict[Any, Any] = {}
     dups: list[Any] = []
+    dup_keys: list[Any] = []
     odd: list[Any] = []
     first_seen = best.setdefault
     add_dup = dups.append
+    add_key = dup_keys.append
     add_odd = odd.append
     a, b = keys
     tx = first_type
@@ -285,11 +294,18 @@ def _group_screened(
             y = row[b]
             if type(x) is not tx or not x or type(y) is not str or y < ":":
                 add_odd(row)
-            if first_seen((x, y), row) is not row:
+            k = (x, y)
+            kept = first_seen(k, row)
+            if kept is not row:
+                fold(k, kept, row)
                 add_dup(row)
+                add_key(k)
     except (KeyError, TypeError, IndexError) as exc:
-        raise _locate_bad_row(data, keys) from exc
-    return best, dups, odd
+        bad = _locate_bad_row(data, keys)
+        if bad is None:
+            raise
+        raise bad from exc
+    return dups, dup_keys, odd
 
 
 def _screened_rekey(
@@ -303,7 +319,7 @@ def _screened_rekey(
     xs: set[Any] = set(map(itemgetter(keys[0]), odd))
     ys: set[Any] = set(map(itemgetter(keys[1]), odd))
     if None in xs or "" in xs or None in ys or "" in ys:
-        raise _locate_bad_row(data, keys)
+        raise _located(data, keys)
     if first_type is dt.date and not any(isinstance(v, (dt.datetime, str)) for v in xs):
         rekey = False  # dates (beside non-temporal values) never collide
     else:
@@ -313,29 +329,24 @@ def _screened_rekey(
     return rekey or _collides(ys)
 
 
-def _resolve(
-    best: dict[Any, Any],
-    dups: list[Any],
-    key_of: Any,
-    keys: tuple[str, ...],
-    order_by: str | None,
-    keep: str,
-) -> tuple[dict[Any, Any], list[Any]]:
-    """Fold each duplicate into its key's kept row; (first row by key, conflicting keys).
+def _folder(
+    best: dict[Any, Any], keys: tuple[str, ...], order_by: str | None, keep: str
+) -> tuple[Callable[[Any, Any, Any], None], dict[Any, Any], dict[Any, None]]:
+    """A function folding a duplicate into its key's kept row in ``best``.
 
-    Allocates no container per key: a long-lived object per duplicate key would
-    trigger full garbage collections over the million-entry ``best``.
+    Also returns the first row of each duplicated key and the conflicting keys, both
+    filled as it runs. Allocates no container per key: a long-lived object per
+    duplicate key would trigger full garbage collections over the whole batch.
     """
     last = keep == "last"
     ob = order_by
     skip = (*keys, ob) if ob is not None else keys
-    firsts: dict[Any, Any] = {}  # the first row of each duplicate key
+    firsts: dict[Any, Any] = {}
     first_of = firsts.setdefault
     conflicted: dict[Any, None] = {}
     orders: dict[Any, tuple[Any, ...]] = {}
-    for row in dups:
-        k = key_of(row)
-        kept = best[k]
+
+    def fold(k: Any, kept: Any, row: Any) -> None:
         first = first_of(k, kept)
         newer: bool | None = None
         if ob is not None:
@@ -362,13 +373,14 @@ def _resolve(
             and _values_differ(first, row, skip)
         ):
             conflicted[k] = None
-    return firsts, list(conflicted)
+
+    return fold, firsts, conflicted
 
 
 def _examples(
     firsts: dict[Any, Any],
     dups: list[Any],
-    key_of: Any,
+    dup_keys: list[Any],
     keys: tuple[str, ...],
     order_by: str | None,
     chosen: list[Any],
@@ -376,8 +388,8 @@ def _examples(
     """A few conflicting keys with their row count and differing columns, for the log."""
     skip = (*keys, order_by) if order_by else keys
     groups: dict[Any, list[Any]] = {k: [firsts[k]] for k in chosen}
-    for row in dups:
-        group = groups.get(key_of(row))
+    for k, row in zip(dup_keys, dups, strict=True):
+        group = groups.get(k)
         if group is not None:
             group.append(row)
     return [
