@@ -170,7 +170,7 @@ def _one_dataset(n: int, redeliveries: int, repeat: int, pandas: bool) -> dict[s
     return out
 
 
-def bench_dedup(n: int = 1_000_000, repeat: int = 5) -> dict[str, Any]:
+def bench_dedup(n: int = 1_000_000, repeat: int = 7) -> dict[str, Any]:
     """Dedup, the floor and pandas on ``n`` rows, for 0, ~1% and ~4% re-deliveries."""
     import logging
 
@@ -246,7 +246,7 @@ def bench_jobs_per_save() -> dict[str, Any]:
         emulator.stop()
 
 
-def run(n: int = 1_000_000, repeat: int = 5, bigquery: bool = True) -> dict[str, Any]:
+def run(n: int = 1_000_000, repeat: int = 7, bigquery: bool = True) -> dict[str, Any]:
     """Run both benchmarks, write benchmarks/results/dedup.json, return the results."""
     result: dict[str, Any] = {
         "benchmark": "dedup",

@@ -181,6 +181,7 @@ def dedupe_rows(
     first = data[0] if data else None
     best: dict[Any, Any] = {}
     fold, firsts, conflicted = _folder(best, keys, order_by, keep)
+    grouped = None
     if (
         len(keys) == 2
         and isinstance(first, Mapping)
@@ -190,9 +191,13 @@ def dedupe_rows(
         # The analytics tables' shape (a date, then a name): validation and the
         # normalisation screen ride along in the one pass.
         tx = type(first[keys[0]])
-        dups, dup_keys, odd = _group_screened(best, fold, data, keys, tx)
-        rekey = _screened_rekey(best, data, odd, keys, tx)
-    else:
+        grouped = _group_screened(best, fold, data, keys, tx)
+        if grouped is not None:
+            dups, dup_keys, odd = grouped
+            rekey = _screened_rekey(best, data, odd, keys, tx)
+    if grouped is None:
+        best = {}
+        fold, firsts, conflicted = _folder(best, keys, order_by, keep)
         dups, dup_keys = _group(best, fold, data, keys, itemgetter(*keys))
         rekey = _checked_rekey(best, data, keys)
     if rekey:
@@ -271,13 +276,14 @@ def _collides(distinct: Any) -> bool:
 
 def _group_screened(
     best: dict[Any, Any], fold: Any, data: Sequence[Any], keys: tuple[str, ...], first_type: type
-) -> tuple[list[Any], list[Any], list[Any]]:
+) -> tuple[list[Any], list[Any], list[Any]] | None:
     """``_group`` for two keys whose second is text, also returning the rows to look at.
 
     A row is set aside when its first key value is falsy or not of ``first_type``,
-    or its second is not a str or sorts below ``":"`` (empty, or starts with a digit
-    as a timestamp would). Every other row has valid keys that normalise to
-    themselves, except that the first column needs a look unless it holds dates.
+    or its second sorts below ``":"`` (empty, or starts with a digit as a timestamp
+    would). Every other row has valid keys that normalise to themselves, except that
+    the first column needs a look unless it holds dates. None when a second key value
+    does not compare with text (not a str): the caller takes the general path.
     """
     dups: list[Any] = []
     dup_keys: list[Any] = []
@@ -289,22 +295,37 @@ def _group_screened(
     a, b = keys
     tx = first_type
     try:
-        for row in data:
-            x = row[a]
-            y = row[b]
-            if type(x) is not tx or not x or type(y) is not str or y < ":":
-                add_odd(row)
-            k = (x, y)
-            kept = first_seen(k, row)
-            if kept is not row:
-                fold(k, kept, row)
-                add_dup(row)
-                add_key(k)
-    except (KeyError, TypeError, IndexError) as exc:
+        if tx is dt.date:
+            for row in data:
+                x = row[a]
+                y = row[b]
+                if type(x) is not tx or y < ":":  # a date is never falsy
+                    add_odd(row)
+                k = (x, y)
+                kept = first_seen(k, row)
+                if kept is not row:
+                    fold(k, kept, row)
+                    add_dup(row)
+                    add_key(k)
+        else:
+            for row in data:
+                x = row[a]
+                y = row[b]
+                if type(x) is not tx or not x or y < ":":
+                    add_odd(row)
+                k = (x, y)
+                kept = first_seen(k, row)
+                if kept is not row:
+                    fold(k, kept, row)
+                    add_dup(row)
+                    add_key(k)
+    except (KeyError, IndexError) as exc:
         bad = _locate_bad_row(data, keys)
         if bad is None:
             raise
         raise bad from exc
+    except TypeError:
+        return None  # not text, unhashable, or a row that is not a mapping
     return dups, dup_keys, odd
 
 
