@@ -307,6 +307,10 @@ class Lease:
             if self._released:
                 return
             self._released = True
+        if self.lost.is_set():
+            # The store no longer holds it for us, or could not be reached until the
+            # deadline: a release would be a no-op or wait out a timeout.
+            return
         try:
             freed = self.store.release(self.key, self.owner, self.fence)
         except Exception as exc:
@@ -318,7 +322,7 @@ class Lease:
                 exc,
             )
             return
-        if not freed and not self.lost.is_set():
+        if not freed:
             log.warning(
                 "release of %s (fence %s): the store no longer held it", self.key, self.fence
             )
