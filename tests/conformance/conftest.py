@@ -8,7 +8,6 @@ backing data the way real incidents do (a deleted lease record, a lost fence rec
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -125,8 +124,6 @@ def redis_kit(url: str) -> StoreKit:
 
 
 def _firestore_kit(request: pytest.FixtureRequest) -> StoreKit:
-    if importlib.util.find_spec("processor_guard.stores.firestore_store") is None:
-        pytest.skip("processor_guard/stores/firestore_store.py is not written yet")
     from processor_guard.stores.firestore_store import FirestoreStore
 
     emulator = request.getfixturevalue("firestore_emulator")

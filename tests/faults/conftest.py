@@ -21,11 +21,6 @@ CROSS_PROCESS_STORES = [
 ]
 
 
-def require_store(module: str) -> None:
-    """Skip (naming the module) when a store has not been written yet."""
-    pytest.importorskip(f"processor_guard.stores.{module}", reason=f"{module}.py not present")
-
-
 @dataclass
 class SharedStore:
     """A store reachable from other processes by ``url`` (with ``env`` set)."""
@@ -59,27 +54,17 @@ class SharedStore:
             store.close()
 
 
-def firestore_emulator(request: pytest.FixtureRequest) -> Any:
-    """The session's Firestore emulator, or a skip when its fixture is not registered."""
-    try:
-        return request.getfixturevalue("firestore_emulator")
-    except pytest.FixtureLookupError:
-        pytest.skip("the firestore_emulator fixture is not registered")
-
-
 @pytest.fixture(params=CROSS_PROCESS_STORES)
 def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SharedStore]:
     """Each store that several processes can share: Redis, SQLite, the Firestore emulator."""
     kind: str = request.param
     if kind == "redis":
-        require_store("redis_store")
         spec = SharedStore(kind, request.getfixturevalue("redis_url"))
     elif kind == "sqlite":
-        require_store("sqlite_store")
         spec = SharedStore(kind, f"sqlite:///{tmp_path / 'leases.db'}")
     else:
-        require_store("firestore_store")
-        emulator = firestore_emulator(request)
+        # The fixture itself skips, naming the missing jar, where there is no emulator.
+        emulator = request.getfixturevalue("firestore_emulator")
         emulator.start()
         collection = f"faults_{uuid.uuid4().hex[:12]}"
         spec = SharedStore(

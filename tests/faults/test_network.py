@@ -8,7 +8,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from faults.conftest import require_store
 from faults.proxy import LOOPBACK, FaultyProxy
 from processor_guard import Lease, LeaseLost, LeaseStore, LockBusy, StoreUnavailable, date_lock
 
@@ -19,7 +18,6 @@ TIMEOUT = 0.4  # client socket timeout for the short-fused stores below
 
 @pytest.fixture
 def proxy(redis_url: str) -> Iterator[FaultyProxy]:
-    require_store("redis_store")
     port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     link = FaultyProxy(port)
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ ROUNDS = 5
 # A Firestore emulator transaction takes tens of ms, several for a cold channel.
 TTL = {"redis": 0.5, "sqlite": 0.5, "firestore": 1.0}
 TABLE = "main.player_game_summary"
-HAVE_MERGE = importlib.util.find_spec("processor_guard.merge") is not None
 
 
 def create_table(path: Path) -> None:
@@ -69,9 +67,8 @@ def test_paused_holder_loses_and_cannot_overwrite(
     db = tmp_path / "warehouse.duckdb"
     ttl = TTL[shared_store.kind]
     args = ["--url", shared_store.url, "--ttl", str(ttl), "--rounds", str(ROUNDS)]
-    if HAVE_MERGE:
-        create_table(db)
-        args += ["--duckdb", str(db), "--table", TABLE]
+    create_table(db)
+    args += ["--duckdb", str(db), "--table", TABLE]
     store = shared_store.open()
     holder = HolderProcess(args, shared_store.child_env())
     fences: list[int] = []
@@ -85,18 +82,16 @@ def test_paused_holder_loses_and_cannot_overwrite(
                 "faults", "2026-02-03", store=store, ttl=30, wait=ttl * 20, owner="successor"
             ) as second:
                 assert second.fence > first["fence"]
-                if HAVE_MERGE:
-                    successor_write(db, 100 + round_no)
+                successor_write(db, 100 + round_no)
                 holder.resume()
                 holder.send("go")
                 result = holder.expect("result")
                 assert result["check"] == "LeaseLost", result
                 assert result["lost_event"] is True, result
                 assert result["exit"] == "LeaseLost", result
-                if HAVE_MERGE:
-                    assert result["write"] == "StaleFence", result
-                    expected = [(f"player{i}", 100 + round_no) for i in range(3)]
-                    assert table_points(db) == expected
+                assert result["write"] == "StaleFence", result
+                expected = [(f"player{i}", 100 + round_no) for i in range(3)]
+                assert table_points(db) == expected
                 # The stale holder's release (on leaving its block) did not free ours.
                 held = store.holder(second.key)
                 assert held is not None and (held.owner, held.fence) == ("successor", second.fence)

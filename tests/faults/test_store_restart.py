@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from faults.conftest import require_store
 from fixtures.services import RedisServer
 from processor_guard import LeaseLost, LeaseStore, StoreUnavailable, date_lock
 
@@ -67,7 +66,6 @@ def reachable(store: LeaseStore, key: str, timeout: float = 30.0) -> None:
 def test_redis_killed_mid_hold(
     private_redis: Callable[..., RedisServer], persist: bool, wipe: bool
 ) -> None:
-    require_store("redis_store")
     from processor_guard.stores.redis_store import RedisStore
 
     server = private_redis(persist=persist)
@@ -99,8 +97,8 @@ def env_kept(name: str) -> Iterator[None]:
 @pytest.fixture(scope="module")
 def own_emulator() -> Iterator[Any]:
     """A Firestore emulator of this module's own, so killing it disturbs no other test."""
-    require_store("firestore_store")
-    fixture = pytest.importorskip("fixtures.firestore_emulator")
+    from fixtures import firestore_emulator as fixture
+
     reason = fixture.missing_reason()
     if reason:
         pytest.skip(reason)
