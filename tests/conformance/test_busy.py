@@ -152,26 +152,25 @@ def test_redis_handoff_is_woken_by_the_release_notice(
 
 
 @pytest.mark.parametrize("kind", [pytest.param("redis", marks=pytest.mark.redis)])
-def test_redis_hands_over_in_arrival_order_and_the_releaser_cannot_barge(
+def test_redis_without_a_barging_window_hands_over_in_arrival_order(
     kind: str, request: pytest.FixtureRequest
 ) -> None:
-    """Waiters are served first come, first served; the release reserves the key for
-    the longest-waiting one, so a process looping on the key cannot starve the rest."""
+    """handoff_after=0: waiters are served first come, first served; every release
+    reserves the key for the longest-waiting one, so the releaser cannot barge."""
     from processor_guard.stores.redis_store import HANDOVER_OWNER, RedisStore
 
-    from .conftest import redis_kit
-
-    kit = redis_kit(request.getfixturevalue("redis_url"))
-    store = kit.store
-    assert isinstance(store, RedisStore)
+    store = RedisStore.from_url(request.getfixturevalue("redis_url"), handoff_after=0)
     key = "pgs:2026-02-03"
     order: list[str] = []
     first = store.try_acquire(key, "first", 60)
     assert first.acquired and first.fence is not None
 
+    go = threading.Event()
+
     def waiter(name: str) -> None:
         with date_lock("pgs", "2026-02-03", store=store, ttl=10, wait=30, owner=name):
             order.append(name)
+            go.wait(30)  # "a" holds until the releaser has tried to come back
 
     threads = []
     try:
@@ -189,23 +188,157 @@ def test_redis_hands_over_in_arrival_order_and_the_releaser_cannot_barge(
         assert not busy.acquired
         assert busy.holder is not None and busy.holder.owner in (HANDOVER_OWNER, "a")
     finally:
+        go.set()
         for t in threads:
             t.join(30)
-        kit.close()
+        store.close()
     assert order == ["a", "b", "c"]
 
 
 @pytest.mark.parametrize("kind", [pytest.param("redis", marks=pytest.mark.redis)])
-def test_redis_waiter_that_gives_up_passes_the_hand_over_on(
+def test_redis_releaser_may_barge_while_the_head_is_in_its_window(
     kind: str, request: pytest.FixtureRequest
 ) -> None:
+    """Within the window a release leaves the key free and tells the head, which keeps
+    its place when someone else got there first, and is told again on the next release."""
     from processor_guard.stores.redis_store import RedisStore
 
-    from .conftest import redis_kit
+    url = request.getfixturevalue("redis_url")
+    store = RedisStore.from_url(url, handoff_after=600)
+    other = RedisStore.from_url(url, handoff_after=600)
+    key = "pgs:2026-02-03"
+    try:
+        first = other.try_acquire(key, "first", 60)
+        assert first.acquired and first.fence is not None
+        with store.release_waiter(key) as waiter:
+            assert not store.try_acquire(key, "head", 60).acquired  # queued
+            place = store.client.zscore(store.queue_key(key), waiter.id)  # type: ignore[attr-defined]
+            assert other.release(key, "first", first.fence)
+            assert waiter.wait(20), "the head was not told about the release"
+            again = other.try_acquire(key, "first", 60)
+            assert again.acquired and again.fence is not None, "the releaser could not barge"
+            busy = store.try_acquire(key, "head", 60)
+            assert not busy.acquired and busy.holder is not None
+            assert busy.holder.owner == "first"
+            assert store.client.zscore(store.queue_key(key), waiter.id) == place  # type: ignore[attr-defined]
+            assert other.release(key, "first", again.fence)
+            assert waiter.wait(20), "the head was not told about the second release"
+            mine = store.try_acquire(key, "head", 60)
+            assert mine.acquired and mine.fence is not None and mine.fence > again.fence
+        assert store.client.zcard(store.queue_key(key)) == 0
+        assert store.release(key, "head", mine.fence)
+    finally:
+        store.close()
+        other.close()
 
-    kit = redis_kit(request.getfixturevalue("redis_url"))
-    store = kit.store
-    assert isinstance(store, RedisStore)
+
+@pytest.mark.parametrize("kind", [pytest.param("redis", marks=pytest.mark.redis)])
+def test_redis_head_that_waited_past_the_window_gets_the_key_reserved(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    from processor_guard.stores.redis_store import HANDOVER_OWNER, RedisStore
+
+    url = request.getfixturevalue("redis_url")
+    store = RedisStore.from_url(url, handoff_after=0.01)
+    other = RedisStore.from_url(url, handoff_after=0.01)
+    key = "pgs:2026-02-03"
+    try:
+        first = other.try_acquire(key, "first", 60)
+        assert first.acquired and first.fence is not None
+        with store.release_waiter(key) as waiter:
+            assert not store.try_acquire(key, "head", 60).acquired
+            time.sleep(0.05)  # well past the window: a lower bound, whatever the load
+            assert other.release(key, "first", first.fence)
+            busy = other.try_acquire(key, "first", 60)
+            assert not busy.acquired and busy.holder is not None
+            assert busy.holder.owner == HANDOVER_OWNER
+            assert waiter.wait(20)
+            mine = store.try_acquire(key, "head", 60)
+            assert mine.acquired and mine.fence is not None and mine.fence > first.fence
+        assert store.release(key, "head", mine.fence)
+    finally:
+        store.close()
+        other.close()
+
+
+@pytest.mark.parametrize("kind", [pytest.param("redis", marks=pytest.mark.redis)])
+def test_redis_barging_is_bounded_under_contention(
+    kind: str, request: pytest.FixtureRequest
+) -> None:
+    """A process looping on the key (each hold longer than the window) takes it at most
+    twice more once another process is waiting: once before the waiter queued, once
+    while the waiter is inside its window; the next release hands the key over."""
+    from processor_guard.stores.redis_store import RedisStore
+
+    window = 0.02
+    store = RedisStore.from_url(request.getfixturevalue("redis_url"), handoff_after=window)
+    key = "pgs:2026-02-03"
+    stop = threading.Event()
+    held = threading.Event()
+    barger_fences: list[int] = []
+    errors: list[BaseException] = []
+
+    def barger() -> None:
+        try:
+            while not stop.is_set():
+                with date_lock(
+                    "pgs", "2026-02-03", store=store, ttl=10, wait=30, owner="barger"
+                ) as lease:
+                    barger_fences.append(lease.fence)
+                    held.set()
+                    time.sleep(2.5 * window)  # a lower bound: the head outgrows its window
+        except BaseException as exc:  # surfaced by the main thread
+            errors.append(exc)
+
+    t = threading.Thread(target=barger)
+    t.start()
+    try:
+        for i in range(6):
+            assert held.wait(30)
+            holder = store.holder(key)
+            while holder is None or holder.owner != "barger":
+                time.sleep(0.001)
+                holder = store.holder(key)
+            seen = holder.fence
+            with date_lock(
+                "pgs", "2026-02-03", store=store, ttl=10, wait=30, owner=f"w{i}"
+            ) as lease:
+                mine = lease.fence
+            between = [f for f in list(barger_fences) if seen < f < mine]
+            assert len(between) <= 2, (i, seen, mine, between)
+            held.clear()
+    finally:
+        stop.set()
+        t.join(30)
+        store.close()
+    assert not errors, errors
+    assert not t.is_alive()
+
+
+@pytest.mark.parametrize("kind", [pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.mark.parametrize("bad", [-0.001, float("nan"), "5ms", 3600])
+def test_redis_barging_window_must_be_seconds(
+    kind: str, bad: object, request: pytest.FixtureRequest
+) -> None:
+    from processor_guard import ConfigError
+    from processor_guard.stores.redis_store import RedisStore
+
+    with pytest.raises(ConfigError, match="handoff_after"):
+        RedisStore.from_url(request.getfixturevalue("redis_url"), handoff_after=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", [pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.mark.parametrize("window", [0, 600])
+def test_redis_waiter_that_gives_up_passes_the_hand_over_on(
+    kind: str, window: float, request: pytest.FixtureRequest
+) -> None:
+    """A reserved key (window 0) or a release notice (window 600: the key is left free)
+    goes on to the next waiter when the first one in line gives up instead of trying."""
+    from processor_guard.stores.redis_store import RedisStore
+
+    url = request.getfixturevalue("redis_url")
+    store = RedisStore.from_url(url, handoff_after=window)
+    other = RedisStore.from_url(url, handoff_after=window)
     key = "pgs:2026-02-03"
     first = store.try_acquire(key, "first", 60)
     assert first.acquired and first.fence is not None
@@ -225,8 +358,9 @@ def test_redis_waiter_that_gives_up_passes_the_hand_over_on(
         assert second_queued.wait(10)
         assert store.release(key, "first", first.fence)
         assert quitter.wait(5), "the first waiter in line was not woken"
-        # The key is reserved for the quitter: nobody else may take it...
-        assert not kit.reconnect().try_acquire(key, "barger", 60).acquired
+        if window == 0:
+            # The key is reserved for the quitter: nobody else may take it...
+            assert not other.try_acquire(key, "barger", 60).acquired
         quitter.close()  # ...until it gives up, which hands the key to the next waiter
         t.join(20)
         assert got == [True]
@@ -234,4 +368,5 @@ def test_redis_waiter_that_gives_up_passes_the_hand_over_on(
         assert holder is not None and holder.owner == "patient"
     finally:
         t.join(20)
-        kit.close()
+        store.close()
+        other.close()
