@@ -210,10 +210,12 @@ HANDOVER_OWNER = "(handing over to the next waiter)"
 # RedisStore's default barging window (seconds): while the longest waiter has waited
 # less than this, a release leaves the key to whoever comes first (often the releaser,
 # which saves a cross-process wake-up per acquisition); past it, the release hands the
-# key over to that waiter. With 8 processes looping on one key (2 cores), 5 ms behaves
-# almost like strict FIFO, 20 ms gives ~1.3x its throughput and keeps every waiter's
-# wait within 20 ms plus the hand-overs to those ahead of it in line.
-HANDOFF_AFTER = 0.02
+# key over to that waiter. It only matters under contention: a release still tells the
+# head at once. 8 processes looping on one key (2 cores, benchmarks/bench_locks.py):
+# strict FIFO (0) ~1,500/s, 5 ms ~1,860/s, 20 ms ~2,010/s, 100 ms ~2,390/s (as fast as
+# unbounded barging, about redis-py Lock's rate) with every process within 0.7x-1.3x
+# of the mean; no waiter waits longer than this plus the hand-overs to those ahead.
+HANDOFF_AFTER = 0.1
 
 # Redis-py's default retries up to 10 times with backoff; a lease store must report an
 # unreachable server within seconds, so one immediate retry (a stale pooled
