@@ -200,7 +200,8 @@ def test_redis_releaser_may_barge_while_the_head_is_in_its_window(
     kind: str, request: pytest.FixtureRequest
 ) -> None:
     """Within the window a release leaves the key free and tells the head, which keeps
-    its place when someone else got there first, and is told again on the next release."""
+    its place when someone else got there first; having lost, it is not told again
+    within the window (a barger usually re-took the key) but retries on its own."""
     from processor_guard.stores.redis_store import RedisStore
 
     url = request.getfixturevalue("redis_url")
@@ -222,7 +223,7 @@ def test_redis_releaser_may_barge_while_the_head_is_in_its_window(
             assert busy.holder.owner == "first"
             assert store.client.zscore(store.queue_key(key), waiter.id) == place  # type: ignore[attr-defined]
             assert other.release(key, "first", again.fence)
-            assert waiter.wait(20), "the head was not told about the second release"
+            waiter.wait(20)  # returns within LOST_POLL: no notice comes for a lost head
             mine = store.try_acquire(key, "head", 60)
             assert mine.acquired and mine.fence is not None and mine.fence > again.fence
         assert store.client.zcard(store.queue_key(key)) == 0

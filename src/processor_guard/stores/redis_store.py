@@ -28,7 +28,7 @@ __all__ = ["RedisStore"]
 # identifies a lease, so a holder whose lease expired and was re-taken can never renew
 # or release the new one. While a lease is handed over to the next waiter the value is
 # ``"~<waiter id>"``. The woken mark names the waiter that was told the key is free and
-# has not tried since (it expires in case that waiter died).
+# has not acquired since (it expires in case that waiter died).
 
 # Shared by ACQUIRE and BREAK: the next fence is max(counter + 1, server TIME in µs),
 # the fence_seed rule, so fences keep rising even when Redis lost the counter (restart
@@ -52,11 +52,12 @@ end
 # thundering herd. While it has waited less than ``after_us`` (server TIME against its
 # place: the server time it joined the queue) the key stays free and the head stays in
 # line: the releaser or a newcomer may take the key first, which saves a cross-process
-# wake-up per acquisition. A head already told and not yet tried is not told again (its
-# attempt comes after this release and sees it). Once the head has waited longer, it
-# leaves the queue and the key is reserved for it for a moment: nobody can barge in
-# ahead of it. Waiters that vanished without unregistering are skipped (PUBLISH reaches
-# nobody).
+# wake-up per acquisition. A head already told is not told again while its mark lasts:
+# either its attempt comes after this release and sees it, or it found the key re-taken
+# by a barger and polls (LOST_POLL) instead of a futile wake-up per release. Once the
+# head has waited longer, it leaves the queue and the key is reserved for it for a
+# moment: nobody can barge in ahead of it. Waiters that vanished without unregistering
+# are skipped (PUBLISH reaches nobody).
 _HAND_OVER = """
 local function hand_over(lease_key, queue_key, woken_key, channel_prefix, reserve_ms, after_us)
     while true do
@@ -96,9 +97,6 @@ end
 ACQUIRE_SCRIPT = (
     _NEXT_FENCE
     + """
-if ARGV[3] ~= '' and redis.call('GET', KEYS[4]) == ARGV[3] then
-    redis.call('DEL', KEYS[4])
-end
 local held = redis.call('GET', KEYS[1])
 if held and (ARGV[3] == '' or held ~= '~' .. ARGV[3]) then
     if ARGV[3] ~= '' then
@@ -108,6 +106,9 @@ if held and (ARGV[3] == '' or held ~= '~' .. ARGV[3]) then
 end
 if ARGV[3] ~= '' then
     redis.call('ZREM', KEYS[3], ARGV[3])
+    if redis.call('GET', KEYS[4]) == ARGV[3] then
+        redis.call('DEL', KEYS[4])
+    end
 end
 local fence = next_fence(KEYS[2])
 redis.call('SET', KEYS[1], string.format('%.0f', fence) .. ':' .. ARGV[1], 'PX', ARGV[2])
@@ -207,6 +208,8 @@ return false
 # free again after this long.
 HANDOVER_MS = 250
 HANDOVER_OWNER = "(handing over to the next waiter)"
+# How often a waiter that was told and lost the key to a barger retries on its own.
+LOST_POLL = 0.01
 # RedisStore's default barging window (seconds): while the longest waiter has waited
 # less than this, a release leaves the key to whoever comes first (often the releaser,
 # which saves a cross-process wake-up per acquisition); past it, the release hands the
@@ -273,6 +276,8 @@ class _PubSubWaiter(ReleaseWaiter):
         self.id = uuid.uuid4().hex
         self.place = ""
         self.queued = False  # in the key's queue (joined and not yet served or left)
+        self.told = False  # a release told it the key was free
+        self.lost = False  # told, but a barger took the key first: no new notice comes
         self.registry: dict[str, _PubSubWaiter] | None = None  # its thread's waiters
         self._pid = _pid
         self._pubsub = store.client.pubsub()  # type: ignore[no-untyped-call]
@@ -304,6 +309,10 @@ class _PubSubWaiter(ReleaseWaiter):
         return True
 
     def wait(self, timeout: float) -> bool:
+        if self.lost:
+            # Releases within the barging window no longer tell it (its woken mark
+            # stays): poll, so a key left free is not missed for long.
+            timeout = min(timeout, LOST_POLL)
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -316,6 +325,7 @@ class _PubSubWaiter(ReleaseWaiter):
                 time.sleep(max(0.0, deadline - time.monotonic()))
                 return False
             if msg is not None and msg.get("type") == "message":
+                self.told = True
                 return True
 
     def close(self) -> None:
@@ -530,6 +540,8 @@ class RedisStore(LeaseStore):
                 waiter.queued = False  # the script took it out of the queue
                 del waiting[key]
             return AcquireResult(True, fence=reply)
+        if waiter is not None and waiter.told:
+            waiter.lost = True
         return AcquireResult(False, holder=_holder(key, reply))
 
     def renew(self, key: str, owner: str, fence: int, ttl: float) -> bool:
@@ -618,6 +630,7 @@ class RedisStore(LeaseStore):
             waiter.discard()
             raise self._unavailable(key, exc) from exc
         waiter.queued = True
+        waiter.told = waiter.lost = False
         by_key: dict[str, _PubSubWaiter] | None = getattr(self._waiting, "by_key", None)
         if by_key is None:
             by_key = self._waiting.by_key = {}
