@@ -481,7 +481,6 @@ def date_lock(
     hooks: LeaseHooks | None = None,
     safety_margin: float | None = None,
     clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[Lease]:
     """Hold the lease for (scope, game_date) for the ``with`` block, renewing it."""
     the_scope = _check_scope(scope)
@@ -509,7 +508,6 @@ def date_lock(
         float(ttl),
         float(wait),
         clock,
-        sleep,
         margin,
         on_lost,
         all_hooks,
@@ -539,7 +537,6 @@ def _acquire(
     ttl: float,
     wait: float,
     clock: Callable[[], float],
-    sleep: Callable[[float], None],
     margin: float,
     on_lost: Callable[[Lease], None] | None,
     hooks: list[LeaseHooks],
