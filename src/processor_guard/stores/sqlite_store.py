@@ -68,18 +68,37 @@ class SQLiteStore(LeaseStore):
             if self._local.pid == os.getpid():
                 return conn
             _inherited.append(conn)
-        try:
-            conn = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise self._unavailable(key, exc) from exc
+        conn = self._open(key)
         self._local.conn = conn
         self._local.pid = os.getpid()
         return conn
+
+    def _open(self, key: str | None) -> sqlite3.Connection:
+        """A set-up connection; retries the set-up while another process holds the file.
+
+        Switching a new file to WAL (and WAL recovery on open) answers SQLITE_BUSY at once,
+        without the busy handler, when several processes open the file together.
+        """
+        give_up = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            conn = None
+            try:
+                conn = sqlite3.connect(
+                    self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+                )
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute(_SCHEMA)
+                return conn
+            except sqlite3.Error as exc:
+                if conn is not None:
+                    conn.close()
+                busy = isinstance(exc, sqlite3.OperationalError) and (
+                    "locked" in str(exc) or "busy" in str(exc)
+                )
+                if not busy or time.monotonic() >= give_up:
+                    raise self._unavailable(key, exc) from exc
+                time.sleep(random.uniform(POLL_MIN, POLL_MAX))
 
     def _unavailable(self, key: str | None, exc: BaseException) -> StoreUnavailable:
         what = f"key {key!r}" if key is not None else "holders"
