@@ -135,6 +135,23 @@ def test_conflicts_logged_at_warning(caplog: pytest.LogCaptureFixture) -> None:
     )
 
 
+def test_conflict_examples_list_a_key_s_rows_in_input_order() -> None:
+    rows = [
+        {"game_date": dt.date(2026, 2, 3), "player_lookup": "a", "points": p, "processed_at": t}
+        for p, t in (
+            (1, "2026-02-03T01:00:00Z"),
+            (2, "2026-02-03T03:00:00Z"),
+            (3, "2026-02-03T02:00:00Z"),
+        )
+    ]
+    rows.insert(1, {"game_date": dt.date(2026, 2, 3), "player_lookup": "b", "points": 0})
+    out, report = dedupe_rows(rows, KEYS)
+    assert [r["points"] for r in out] == [2, 0]
+    (example,) = report.conflict_examples
+    assert example["key"] == {"game_date": dt.date(2026, 2, 3), "player_lookup": "a"}
+    assert example["rows"] == 3 and example["differs"] == {"points": [1, 2, 3]}
+
+
 def test_never_mutates_input_and_returns_new_dicts() -> None:
     rows = [
         {"game_date": dt.date(2026, 2, 3), "player_lookup": "a", "processed_at": None, "l": [1]}
@@ -397,3 +414,101 @@ def test_property_grouping_paths_agree(rows: list[dict[str, Any]], keep: str) ->
     }
     assert len(counts) == 1
     assert len(runs[0][0]) == len({(_norm_key(r["a"]), _norm_key(r["b"])) for r in rows})
+
+
+# -- rows in runs of one date (one dict per date) and interleaved rows (one dict) ------
+# The screened pass picks its layout from the first rows; both layouts, and the
+# general path, must give the same rows in the same order with the same report.
+
+_run_keys = st.sampled_from(
+    [dt.date(2026, 2, 3), dt.date(2026, 2, 4), "2026-02-03", dt.datetime(2026, 2, 3, 0)]
+)
+_run_names = st.sampled_from(["lebronjames", "a", "Zed", "0x", "2026-02-03T10:00:00Z", ""])
+
+
+@st.composite
+def _run_rows(draw: Any) -> list[dict[str, Any]]:
+    """Rows in runs: each run one first-key value (a fresh but equal object per row)."""
+    rows: list[dict[str, Any]] = []
+    for _ in range(draw(st.integers(0, 5))):
+        day = draw(_run_keys)
+        for _ in range(draw(st.integers(1, 6))):
+            value = copy.copy(day) if not isinstance(day, str) else "".join(day)
+            rows.append(
+                {
+                    "game_date": value if draw(st.booleans()) else day,
+                    "player_lookup": draw(_run_names),
+                    "points": draw(st.integers(0, 2)),
+                    "processed_at": draw(_stamp),
+                }
+            )
+    return rows
+
+
+def _outcome(rows: list[dict[str, Any]], keys: tuple[str, ...], keep: str) -> Any:
+    """The input positions of the kept rows and the report's counts, or the error."""
+    try:
+        out, report = dedupe_rows(rows, keys, keep=keep, copy=False)
+    except InvalidRows as exc:
+        return ("invalid", exc.row_index, exc.column)
+    position = {id(r): i for i, r in enumerate(rows)}
+    counts = (report.output_rows, report.duplicate_keys, report.conflicting_keys)
+    return [position[id(r)] for r in out], counts
+
+
+@given(_run_rows(), st.sampled_from(["last", "first"]))
+@settings(max_examples=300, deadline=None)
+def test_property_runs_and_interleaved_layouts_agree(rows: list[dict[str, Any]], keep: str) -> None:
+    from unittest import mock
+
+    from processor_guard import dedup
+
+    with mock.patch.object(dedup, "_in_runs", return_value=True):
+        by_date = _outcome(rows, KEYS, keep)
+    with mock.patch.object(dedup, "_in_runs", return_value=False):
+        one_dict = _outcome(rows, KEYS, keep)
+    # Three key columns take the general path; a constant first column keeps the keys.
+    general = _outcome([{"k": "c", **r} for r in rows], ("k", *KEYS), keep)
+    assert by_date == one_dict
+    assert by_date[:2] == general[:2]
+
+
+def test_output_keeps_first_appearance_order_on_both_layouts() -> None:
+    days = [dt.date(2026, 2, d) for d in (3, 4, 5)]
+    interleaved = [
+        {"game_date": days[i % 3], "player_lookup": f"p{i % 7}", "processed_at": i}
+        for i in range(60)
+    ]
+    in_runs = sorted(interleaved, key=lambda r: r["game_date"])
+    for batch in (interleaved, in_runs):
+        first_seen: dict[tuple[dt.date, str], int] = {}
+        for r in batch:
+            key = (r["game_date"], r["player_lookup"])
+            first_seen[key] = max(first_seen.get(key, -1), r["processed_at"])
+        out, report = dedupe_rows(batch, KEYS)
+        assert [(r["game_date"], r["player_lookup"], r["processed_at"]) for r in out] == [
+            (*key, newest) for key, newest in first_seen.items()
+        ]
+        assert report.output_rows == 21
+
+
+class _Ambiguous:
+    """A key value that is hashable but refuses comparison (as a NumPy array does)."""
+
+    def __eq__(self, other: object) -> bool:
+        raise ValueError("the truth value is ambiguous")
+
+    def __ne__(self, other: object) -> bool:
+        raise ValueError("the truth value is ambiguous")
+
+    def __hash__(self) -> int:
+        return 1
+
+
+def test_key_value_that_refuses_comparison_takes_the_general_path() -> None:
+    odd = _Ambiguous()
+    rows = [{"game_date": dt.date(2026, 2, 3), "player_lookup": f"p{i}"} for i in range(40)]
+    rows.append({"game_date": odd, "player_lookup": "p1"})
+    out, report = dedupe_rows(rows, KEYS, order_by=None)
+    assert len(out) == 41 and report.duplicate_keys == 0
+    assert out[-1]["game_date"] is odd

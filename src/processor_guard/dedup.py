@@ -21,9 +21,10 @@ import datetime as dt
 import json
 import logging
 import re
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from itertools import pairwise
 from operator import itemgetter
 from typing import Any
 
@@ -34,6 +35,8 @@ from .tables import TABLES, TableSpec
 __all__ = ["TABLES", "DedupReport", "TableSpec", "dedupe_rows"]
 
 log = logging.getLogger(__name__)
+
+_NO_VALUE = object()
 
 # ASCII digits only: a key string that does not start with 0-9 is never a timestamp.
 _TS_LIKE = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}", re.ASCII)
@@ -178,10 +181,50 @@ def dedupe_rows(
     if keep not in ("last", "first"):
         raise ConfigError(f"keep must be 'last' or 'first': {keep!r}")
     data: Sequence[Any] = rows if isinstance(rows, (list, tuple)) else list(rows)
+    grouped = _group(data, keys)
+    duplicate_keys, conflicted = _fold(grouped, keys, order_by, keep == "last")
+    examples: list[dict[str, Any]] = []
+    if conflicted:
+        examples = _examples(grouped, keys, order_by, list(conflicted)[:3])
+    out = list(map(dict, grouped.kept)) if copy else grouped.kept
+    report = DedupReport(
+        input_rows=len(data),
+        output_rows=len(out),
+        dropped_rows=len(data) - len(out),
+        duplicate_keys=duplicate_keys,
+        conflicting_keys=len(conflicted),
+        conflict_examples=examples,
+    )
+    if conflicted:
+        log.warning(
+            "dedup on %s: %d key(s) had duplicates with different values "
+            "(an upstream problem); examples: %s",
+            ",".join(keys),
+            len(conflicted),
+            examples,
+        )
+    return out, report
+
+
+class _Grouped:
+    """Each key's kept row, in order of first appearance, and the later rows of a key.
+
+    ``later_at[i]`` is the position in ``kept`` of the key of ``later[i]``; after the
+    fold, ``firsts`` holds the first row of each position whose kept row was replaced.
+    """
+
+    __slots__ = ("firsts", "kept", "later", "later_at")
+
+    def __init__(self) -> None:
+        self.kept: list[Any] = []
+        self.later: list[Any] = []
+        self.later_at: list[int] = []
+        self.firsts: dict[int, Any] = {}
+
+
+def _group(data: Sequence[Any], keys: tuple[str, ...]) -> _Grouped:
+    """Group by raw key values, or by normalised ones when some collide once normalised."""
     first = data[0] if data else None
-    best: dict[Any, Any] = {}
-    fold, firsts, conflicted = _folder(best, keys, order_by, keep)
-    grouped = None
     if (
         len(keys) == 2
         and isinstance(first, Mapping)
@@ -191,78 +234,176 @@ def dedupe_rows(
         # The analytics tables' shape (a date, then a name): validation and the
         # normalisation screen ride along in the one pass.
         tx = type(first[keys[0]])
-        grouped = _group_screened(best, fold, data, keys, tx)
-        if grouped is not None:
-            dups, dup_keys, odd = grouped
-            rekey = _screened_rekey(best, data, odd, keys, tx)
-    if grouped is None:
-        best = {}
-        fold, firsts, conflicted = _folder(best, keys, order_by, keep)
-        dups, dup_keys = _group(best, fold, data, keys, itemgetter(*keys))
-        rekey = _checked_rekey(best, data, keys)
-    if rekey:
+        if _in_runs(data, keys[0]):
+            screened = _group_nested(data, keys, tx)
+        else:
+            screened = _group_screened(data, keys, tx)
+        if screened is not None:
+            grouped, distinct_firsts, odd = screened
+            if _screen_collides(data, keys, tx, distinct_firsts, odd):
+                return _group_flat(data, keys, _normalised_getter(keys))[1]
+            return grouped
+    index, grouped = _group_flat(data, keys, itemgetter(*keys))
+    if _checked_rekey(index, data, keys):
         # Some raw keys collide once normalised (e.g. a date and its ISO string).
-        best = {}
-        fold, firsts, conflicted = _folder(best, keys, order_by, keep)
-        dups, dup_keys = _group(best, fold, data, keys, _normalised_getter(keys))
-
-    duplicate_keys, conflicting = len(firsts), len(conflicted)
-    examples: list[dict[str, Any]] = []
-    if conflicted:
-        chosen = list(conflicted)[:3]
-        examples = _examples(firsts, dups, dup_keys, keys, order_by, chosen)
-
-    out = list(map(dict, best.values())) if copy else list(best.values())
-    report = DedupReport(
-        input_rows=len(data),
-        output_rows=len(out),
-        dropped_rows=len(data) - len(out),
-        duplicate_keys=duplicate_keys,
-        conflicting_keys=conflicting,
-        conflict_examples=examples,
-    )
-    if conflicting:
-        log.warning(
-            "dedup on %s: %d key(s) had duplicates with different values "
-            "(an upstream problem); examples: %s",
-            ",".join(keys),
-            conflicting,
-            examples,
-        )
-    return out, report
+        grouped = _group_flat(data, keys, _normalised_getter(keys))[1]
+    return grouped
 
 
-def _group(
-    best: dict[Any, Any], fold: Any, data: Sequence[Any], keys: tuple[str, ...], key_of: Any
-) -> tuple[list[Any], list[Any]]:
-    """Fill ``best`` (one row per key, duplicates folded in); the duplicates and their keys."""
-    dups: list[Any] = []
-    dup_keys: list[Any] = []
-    first_seen = best.setdefault
-    add_dup = dups.append
-    add_key = dup_keys.append
+def _in_runs(data: Sequence[Any], column: str, sample: int = 256) -> bool:
+    """Whether the first rows come in runs of one ``column`` value, as a date's rows do."""
+    head = data[:sample]
+    try:
+        changes = sum(1 for a, b in pairwise(head) if a[column] != b[column])
+    except (LookupError, TypeError, ValueError):
+        return False  # the grouping pass reports bad rows
+    return changes * 8 <= len(head)
+
+
+def _group_flat(
+    data: Sequence[Any], keys: tuple[str, ...], key_of: Any
+) -> tuple[dict[Any, int], _Grouped]:
+    """Group by ``key_of(row)``; the index from key to position in ``kept``, and the groups."""
+    grouped = _Grouped()
+    keep, add_later, add_at = grouped.kept.append, grouped.later.append, grouped.later_at.append
+    index: dict[Any, int] = {}
+    slot = index.setdefault
+    n = 0
     try:
         for row in data:
-            k = key_of(row)
-            kept = first_seen(k, row)
-            if kept is not row:
-                fold(k, kept, row)
-                add_dup(row)
-                add_key(k)
+            if (at := slot(key_of(row), n)) == n:
+                keep(row)
+                n += 1
+            else:
+                add_later(row)
+                add_at(at)
     except (KeyError, TypeError, IndexError) as exc:
         bad = _locate_bad_row(data, keys)
         if bad is None:
             raise
         raise bad from exc
-    return dups, dup_keys
+    return index, grouped
 
 
-def _checked_rekey(best: dict[Any, Any], data: Sequence[Any], keys: tuple[str, ...]) -> bool:
+_Screened = tuple[_Grouped, Callable[[], Collection[Any]], list[Any]]
+
+
+def _group_nested(data: Sequence[Any], keys: tuple[str, ...], first_type: type) -> _Screened | None:
+    """``_group_screened`` for rows in runs of one first key value: one dict per value.
+
+    Small per-value dicts stay in cache and need no key tuples, where one dict of
+    tuples for the whole batch costs a cache miss and an allocation per row. The first
+    key value is looked up (and screened) only when it changes from one row to the next.
+    """
+    grouped = _Grouped()
+    keep, add_later, add_at = grouped.kept.append, grouped.later.append, grouped.later_at.append
+    odd: list[Any] = []
+    add_odd = odd.append
+    a, b = keys
+    tx = first_type
+    groups: dict[Any, dict[Any, int]] = {}
+    group: dict[Any, int] = {}
+    x_now: object = _NO_VALUE
+    n = 0
+    try:
+        for row in data:
+            x = row[a]
+            y = row[b]
+            if x is not x_now and x != x_now:
+                found = groups.get(x)
+                group = groups[x] = {} if found is None else found
+                x_now = x
+                if type(x) is not tx or not x:
+                    add_odd(row)
+            if y < ":":
+                add_odd(row)
+            if (at := group.setdefault(y, n)) == n:
+                keep(row)
+                n += 1
+            else:
+                add_later(row)
+                add_at(at)
+    except (KeyError, IndexError) as exc:
+        bad = _locate_bad_row(data, keys)
+        if bad is None:
+            raise
+        raise bad from exc
+    except (TypeError, ValueError):
+        # Not text, unhashable, not comparable, or a row that is not a mapping.
+        return None
+    return grouped, groups.keys, odd
+
+
+def _group_screened(
+    data: Sequence[Any], keys: tuple[str, ...], first_type: type
+) -> _Screened | None:
+    """Group two keys whose second is text; also the distinct first values and odd rows.
+
+    A row is set aside as odd when its first key value is falsy or not of
+    ``first_type``, or its second sorts below ``":"`` (empty, or starts with a digit as
+    a timestamp would). Every other row has valid keys that normalise to themselves,
+    except that the first column needs a look unless it holds dates. None when a
+    second key value does not compare with text (not a str): the caller takes the
+    general path.
+    """
+    grouped = _Grouped()
+    keep, add_later, add_at = grouped.kept.append, grouped.later.append, grouped.later_at.append
+    odd: list[Any] = []
+    add_odd = odd.append
+    a, b = keys
+    tx = first_type
+    index: dict[Any, int] = {}
+    slot = index.setdefault
+    n = 0
+    try:
+        for row in data:
+            x = row[a]
+            y = row[b]
+            if type(x) is not tx or not x or y < ":":
+                add_odd(row)
+            if (at := slot((x, y), n)) == n:
+                keep(row)
+                n += 1
+            else:
+                add_later(row)
+                add_at(at)
+    except (KeyError, IndexError) as exc:
+        bad = _locate_bad_row(data, keys)
+        if bad is None:
+            raise
+        raise bad from exc
+    except TypeError:
+        return None
+    return grouped, lambda: set(map(itemgetter(0), index)), odd
+
+
+def _screen_collides(
+    data: Sequence[Any],
+    keys: tuple[str, ...],
+    first_type: type,
+    distinct_firsts: Callable[[], Collection[Any]],
+    odd: list[Any],
+) -> bool:
+    """Validate the rows a screened pass set aside; whether some keys collide once normalised."""
+    xs: set[Any] = set(map(itemgetter(keys[0]), odd))
+    ys: set[Any] = set(map(itemgetter(keys[1]), odd))
+    if None in xs or "" in xs or None in ys or "" in ys:
+        raise _located(data, keys)
+    if first_type is dt.date and not any(isinstance(v, (dt.datetime, str)) for v in xs):
+        rekey = False  # dates (beside non-temporal values) never collide
+    else:
+        rekey = _collides(set(distinct_firsts()))
+    # Second column: a value that is or may equal a normalised timestamp or date
+    # starts with a digit (or is not a str), so any collision lies within ``ys``.
+    return rekey or _collides(ys)
+
+
+def _checked_rekey(index: dict[Any, Any], data: Sequence[Any], keys: tuple[str, ...]) -> bool:
     """Validate the distinct key values; whether some only collide once normalised."""
     if len(keys) == 1:
-        columns: list[Any] = [best]
+        columns: list[Any] = [index]
     else:
-        columns = [set(map(itemgetter(j), best)) for j in range(len(keys))]
+        columns = [set(map(itemgetter(j), index)) for j in range(len(keys))]
     for distinct in columns:
         if None in distinct or "" in distinct:
             raise _located(data, keys)
@@ -274,164 +415,84 @@ def _collides(distinct: Any) -> bool:
     return _may_collide(distinct) and len({_norm_value(v) for v in distinct}) != len(distinct)
 
 
-def _group_screened(
-    best: dict[Any, Any], fold: Any, data: Sequence[Any], keys: tuple[str, ...], first_type: type
-) -> tuple[list[Any], list[Any], list[Any]] | None:
-    """``_group`` for two keys whose second is text, also returning the rows to look at.
+def _fold(
+    grouped: _Grouped, keys: tuple[str, ...], order_by: str | None, last: bool
+) -> tuple[int, dict[int, None]]:
+    """Fold each later row into its key's kept row; the duplicated and conflicting keys.
 
-    A row is set aside when its first key value is falsy or not of ``first_type``,
-    or its second sorts below ``":"`` (empty, or starts with a digit as a timestamp
-    would). Every other row has valid keys that normalise to themselves, except that
-    the first column needs a look unless it holds dates. None when a second key value
-    does not compare with text (not a str): the caller takes the general path.
+    Keys are counted by their position in ``grouped.kept``. Each distinct ``order_by``
+    value is ranked once. No container is allocated per key: long-lived objects on the
+    scale of a large batch would set off full garbage collections.
     """
-    dups: list[Any] = []
-    dup_keys: list[Any] = []
-    odd: list[Any] = []
-    first_seen = best.setdefault
-    add_dup = dups.append
-    add_key = dup_keys.append
-    add_odd = odd.append
-    a, b = keys
-    tx = first_type
-    try:
-        if tx is dt.date:
-            for row in data:
-                x = row[a]
-                y = row[b]
-                if type(x) is not tx or y < ":":  # a date is never falsy
-                    add_odd(row)
-                k = (x, y)
-                kept = first_seen(k, row)
-                if kept is not row:
-                    fold(k, kept, row)
-                    add_dup(row)
-                    add_key(k)
-        else:
-            for row in data:
-                x = row[a]
-                y = row[b]
-                if type(x) is not tx or not x or y < ":":
-                    add_odd(row)
-                k = (x, y)
-                kept = first_seen(k, row)
-                if kept is not row:
-                    fold(k, kept, row)
-                    add_dup(row)
-                    add_key(k)
-    except (KeyError, IndexError) as exc:
-        bad = _locate_bad_row(data, keys)
-        if bad is None:
-            raise
-        raise bad from exc
-    except TypeError:
-        return None  # not text, unhashable, or a row that is not a mapping
-    return dups, dup_keys, odd
-
-
-def _screened_rekey(
-    best: dict[Any, Any],
-    data: Sequence[Any],
-    odd: list[Any],
-    keys: tuple[str, ...],
-    first_type: type,
-) -> bool:
-    """``_checked_rekey`` after ``_group_screened``: mostly the set-aside rows only."""
-    xs: set[Any] = set(map(itemgetter(keys[0]), odd))
-    ys: set[Any] = set(map(itemgetter(keys[1]), odd))
-    if None in xs or "" in xs or None in ys or "" in ys:
-        raise _located(data, keys)
-    if first_type is dt.date and not any(isinstance(v, (dt.datetime, str)) for v in xs):
-        rekey = False  # dates (beside non-temporal values) never collide
-    else:
-        rekey = _collides(set(map(itemgetter(0), best)))
-    # Second column: a value that is or may equal a normalised timestamp or date
-    # starts with a digit (or is not a str), so any collision lies within ``ys``.
-    return rekey or _collides(ys)
-
-
-def _folder(
-    best: dict[Any, Any], keys: tuple[str, ...], order_by: str | None, keep: str
-) -> tuple[Callable[[Any, Any, Any], None], dict[Any, Any], dict[Any, None]]:
-    """A function folding a duplicate into its key's kept row in ``best``.
-
-    Also returns the first row of each duplicated key and the conflicting keys, both
-    filled as it runs. Allocates no container per key: a long-lived object per
-    duplicate key would trigger full garbage collections over the whole batch.
-    """
-    last = keep == "last"
     ob = order_by
     skip = (*keys, ob) if ob is not None else keys
-    firsts: dict[Any, Any] = {}
-    first_of = firsts.setdefault
-    conflicted: dict[Any, None] = {}
-    orders: dict[Any, tuple[Any, ...]] = {}
-
-    def fold(k: Any, kept: Any, row: Any) -> None:
-        first = first_of(k, kept)
+    kept, firsts = grouped.kept, grouped.firsts
+    ranks: dict[Any, tuple[Any, ...]] = {}
+    conflicted: dict[int, None] = {}
+    for row, at in zip(grouped.later, grouped.later_at, strict=True):
+        current = kept[at]
+        first = firsts.get(at, current)
         newer: bool | None = None
         if ob is not None:
-            a, b = row.get(ob), kept.get(ob)
+            a, b = row.get(ob), current.get(ob)
             if a != b:
-                try:
-                    oa, ob_ = orders[a], orders[b]
-                except (KeyError, TypeError):
-                    oa, ob_ = _order_of(a, orders), _order_of(b, orders)
-                if oa != ob_:
-                    newer = oa > ob_
-        if newer is None:
-            # Tie on order_by: the canonical content decides; an equal one keeps `kept`.
-            if row != kept:
-                ca, cb = _content(row), _content(kept)
-                if ca != cb and (ca > cb) == last:
-                    best[k] = row
-        elif newer == last:
-            best[k] = row
+                ra, rb = _rank(a, ranks), _rank(b, ranks)
+                if ra != rb:
+                    newer = ra > rb
+        if newer is None and row != current:
+            # Tie on order_by: the canonical content decides; an equal one keeps `current`.
+            ca, cb = _content(row), _content(current)
+            newer = ca > cb if ca != cb else None
+        if newer is not None and newer == last:
+            firsts[at] = first
+            kept[at] = row
         if (
-            k not in conflicted
-            and row != first
-            and (ob is None or ob not in row or ob not in first or {**row, ob: first[ob]} != first)
+            at not in conflicted
+            and (
+                _beside(row, first, ob)
+                if ob is not None and ob in row and ob in first
+                else row != first
+            )
             and _values_differ(first, row, skip)
         ):
-            conflicted[k] = None
+            conflicted[at] = None
+    return len(set(grouped.later_at)), conflicted
 
-    return fold, firsts, conflicted
+
+def _rank(value: object, ranks: dict[Any, tuple[Any, ...]]) -> tuple[Any, ...]:
+    """``_order_value`` memoised in ``ranks`` (unhashable values are not memoised)."""
+    try:
+        rank = ranks.get(value)
+        if rank is None:
+            rank = ranks[value] = _order_value(value)
+        return rank
+    except TypeError:
+        return _order_value(value)
+
+
+def _beside(row: Mapping[str, Any], first: Mapping[str, Any], order_by: str) -> bool:
+    """Whether ``row`` differs from ``first`` other than in ``order_by`` (raw values)."""
+    return {**row, order_by: first[order_by]} != first
 
 
 def _examples(
-    firsts: dict[Any, Any],
-    dups: list[Any],
-    dup_keys: list[Any],
-    keys: tuple[str, ...],
-    order_by: str | None,
-    chosen: list[Any],
+    grouped: _Grouped, keys: tuple[str, ...], order_by: str | None, chosen: list[int]
 ) -> list[dict[str, Any]]:
     """A few conflicting keys with their row count and differing columns, for the log."""
     skip = (*keys, order_by) if order_by else keys
-    groups: dict[Any, list[Any]] = {k: [firsts[k]] for k in chosen}
-    for k, row in zip(dup_keys, dups, strict=True):
-        group = groups.get(k)
+    groups: dict[int, list[Any]] = {at: [grouped.firsts.get(at, grouped.kept[at])] for at in chosen}
+    for row, at in zip(grouped.later, grouped.later_at, strict=True):
+        group = groups.get(at)
         if group is not None:
             group.append(row)
     return [
         {
-            "key": dict(zip(keys, k if len(keys) > 1 else (k,), strict=True)),
+            "key": {k: group[0].get(k) for k in keys},
             "rows": len(group),
             "differs": _differing_columns(group, skip),
         }
-        for k, group in groups.items()
+        for group in groups.values()
     ]
-
-
-def _order_of(value: object, cache: dict[Any, tuple[Any, ...]]) -> tuple[Any, ...]:
-    """``_order_value`` memoised in ``cache`` (a dict: no per-entry container)."""
-    try:
-        return cache[value]
-    except KeyError:
-        result = cache[value] = _order_value(value)
-        return result
-    except TypeError:  # unhashable
-        return _order_value(value)
 
 
 def _may_collide(distinct: Any) -> bool:
