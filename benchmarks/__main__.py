@@ -1,7 +1,8 @@
 """``python -m benchmarks`` (``make bench``): every benchmark in one run, then the report.
 
-Writes benchmarks/results/latest.json, latest.md (the table the README includes) and
-locks.png (lock cycle ratios to the floor), and prints the markdown table.
+Writes benchmarks/results/latest.json, latest.md (the table the README includes, copied
+into README.md's benchmark block) and locks.png (lock cycle ratios to the floor), and
+prints the markdown table.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def main() -> int:
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     table = report.markdown(results)
     (RESULTS / "latest.md").write_text(table)
+    readme = RESULTS.parents[1] / "README.md"
+    readme.write_text(report.readme_with(readme.read_text(), table))
     chart = report.chart(results, RESULTS / "locks.png")
     print(table)
     if chart is None:

@@ -1,8 +1,10 @@
 """Dedup speed beside a floor and pandas, and BigQuery jobs per save.
 
-Dedup: 1,000,000 player_game_summary rows (348-row days, realistic columns), in three
-data sets: no duplicates, ~1% re-deliveries (3 per day, the headline) and ~4% (14 per
-day); a re-delivery has a later ``processed_at`` and a quarter of them changed values.
+Dedup: 1,000,000 player_game_summary rows (348-row days, realistic columns), in four
+data sets: no duplicates, ~1% re-deliveries (3 per day, the headline), ~4% (14 per
+day), and the ~1% rows shuffled (days interleaved, the worst layout for dedupe_rows,
+which keeps one small dict per date when a date's rows come together); a re-delivery
+has a later ``processed_at`` and a quarter of them changed values.
 Every contender runs on the same list of rows. Timings are the best of ``repeat``
 rounds of process CPU time (steadier than wall time on a shared machine), the rounds
 interleaving the contenders so that a load change on the machine hits all of them;
@@ -121,15 +123,20 @@ def floor_copy(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(map(dict, floor(rows)))
 
 
-def _one_dataset(n: int, redeliveries: int, repeat: int, pandas: bool) -> dict[str, Any]:
+def _one_dataset(
+    n: int, redeliveries: int, repeat: int, pandas: bool, shuffle: bool = False
+) -> dict[str, Any]:
     from processor_guard import dedupe_rows
 
     rows = make_rows(n, redeliveries)
+    if shuffle:
+        random.Random(11).shuffle(rows)
     kept, report = dedupe_rows(rows, KEYS)
     assert len(kept) == len(floor(rows))
     out: dict[str, Any] = {
         "rows": len(rows),
         "redeliveries_per_day": redeliveries,
+        "shuffled": shuffle,
         "kept_rows": len(kept),
         "duplicate_keys": report.duplicate_keys,
         "conflicting_keys": report.conflicting_keys,
@@ -171,7 +178,7 @@ def _one_dataset(n: int, redeliveries: int, repeat: int, pandas: bool) -> dict[s
 
 
 def bench_dedup(n: int = 1_000_000, repeat: int = 7) -> dict[str, Any]:
-    """Dedup, the floor and pandas on ``n`` rows, for 0, ~1% and ~4% re-deliveries."""
+    """Dedup, the floor and pandas on ``n`` rows: 0, ~1% and ~4% re-deliveries, ~1% shuffled."""
     import logging
 
     logging.getLogger("processor_guard.dedup").setLevel(logging.ERROR)  # expected conflicts
@@ -182,9 +189,11 @@ def bench_dedup(n: int = 1_000_000, repeat: int = 7) -> dict[str, Any]:
     except ImportError:  # pragma: no cover - pandas is a dev dependency
         has_pandas = False
     sets = {
-        name: _one_dataset(n, redeliveries, repeat, has_pandas)
-        for name, redeliveries in (("redeliveries_1pct", 3), ("no_duplicates", 0),
-                                   ("redeliveries_4pct", 14))
+        name: _one_dataset(n, redeliveries, repeat, has_pandas, shuffle)
+        for name, redeliveries, shuffle in (("redeliveries_1pct", 3, False),
+                                            ("no_duplicates", 0, False),
+                                            ("redeliveries_4pct", 14, False),
+                                            ("redeliveries_1pct_shuffled", 3, True))
     }  # fmt: skip
     head = sets["redeliveries_1pct"]
     return {

@@ -12,6 +12,9 @@ PEERS = ("redis-py Lock", "python-redis-lock", "pottery Redlock")
 RATIO_TARGET = 1.10
 # A process is starved when it got under this share of the mean acquisitions.
 STARVED_SHARE = 0.10
+# The README block that holds a copy of results/latest.md (``make bench`` rewrites it).
+README_START = "<!-- benchmarks:start (make bench copies benchmarks/results/latest.md here) -->"
+README_END = "<!-- benchmarks:end -->"
 
 
 def _ok(value: bool | None) -> str:
@@ -242,3 +245,24 @@ def chart(results: dict[str, Any], path: Path) -> Path | None:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def readme_with(readme: str, table: str) -> str:
+    """``readme`` with its benchmark block replaced by ``table``."""
+    start = readme.index(README_START) + len(README_START)
+    end = readme.index(README_END, start)
+    return f"{readme[:start]}\n{table.strip()}\n{readme[end:]}"
+
+
+def readme_block(readme: str) -> str:
+    """The benchmark block of ``readme``."""
+    start = readme.index(README_START) + len(README_START)
+    return readme[start : readme.index(README_END, start)].strip()
+
+
+if __name__ == "__main__":
+    # ``python -m benchmarks.report``: copy results/latest.md into the README block again.
+    root = Path(__file__).resolve().parents[1]
+    readme = root / "README.md"
+    latest = (root / "benchmarks" / "results" / "latest.md").read_text()
+    readme.write_text(readme_with(readme.read_text(), latest))

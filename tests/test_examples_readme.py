@@ -79,3 +79,13 @@ def test_readme_processor_example_runs(tmp_path: Path, monkeypatch: pytest.Monke
         pytest.raises(LockBusy),
     ):
         processor.run({"start_date": DAY, "end_date": DAY, "run_id": "r2"})
+
+
+def test_readme_benchmark_block_is_the_committed_report() -> None:
+    import sys
+
+    sys.path.insert(0, str(README.parent))
+    from benchmarks import report
+
+    latest = README.parent / "benchmarks" / "results" / "latest.md"
+    assert report.readme_block(README.read_text()) == latest.read_text().strip()

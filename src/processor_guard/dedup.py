@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from itertools import pairwise
 from operator import itemgetter
-from typing import Any
+from typing import Any, NoReturn
 
 from ._values import parse_instant
 from .errors import ConfigError, InvalidRows
@@ -137,6 +137,14 @@ def _located(rows: Sequence[Any], keys: tuple[str, ...]) -> InvalidRows:
     return found or InvalidRows("a row has an invalid key")  # pragma: no cover
 
 
+def _raise_located(data: Sequence[Any], keys: tuple[str, ...], exc: Exception) -> NoReturn:
+    """Raise the InvalidRows naming the bad row behind ``exc``, else ``exc`` itself."""
+    bad = _locate_bad_row(data, keys)
+    if bad is None:
+        raise exc
+    raise bad from exc
+
+
 def _locate_bad_row(rows: Sequence[Any], keys: tuple[str, ...]) -> InvalidRows | None:
     """The InvalidRows for the first row whose key is missing, None, empty or unhashable."""
     for i, row in enumerate(rows):
@@ -221,6 +229,10 @@ class _Grouped:
         self.later_at: list[int] = []
         self.firsts: dict[int, Any] = {}
 
+    def appenders(self) -> tuple[Callable[[Any], None], Callable[[Any], None], Any]:
+        """The bound appends a grouping pass calls: keep a row, add a later row and its at."""
+        return self.kept.append, self.later.append, self.later_at.append
+
 
 def _group(data: Sequence[Any], keys: tuple[str, ...]) -> _Grouped:
     """Group by raw key values, or by normalised ones when some collide once normalised."""
@@ -265,7 +277,7 @@ def _group_flat(
 ) -> tuple[dict[Any, int], _Grouped]:
     """Group by ``key_of(row)``; the index from key to position in ``kept``, and the groups."""
     grouped = _Grouped()
-    keep, add_later, add_at = grouped.kept.append, grouped.later.append, grouped.later_at.append
+    keep, add_later, add_at = grouped.appenders()
     index: dict[Any, int] = {}
     slot = index.setdefault
     n = 0
@@ -278,10 +290,7 @@ def _group_flat(
                 add_later(row)
                 add_at(at)
     except (KeyError, TypeError, IndexError) as exc:
-        bad = _locate_bad_row(data, keys)
-        if bad is None:
-            raise
-        raise bad from exc
+        _raise_located(data, keys, exc)
     return index, grouped
 
 
@@ -296,7 +305,7 @@ def _group_nested(data: Sequence[Any], keys: tuple[str, ...], first_type: type) 
     key value is looked up (and screened) only when it changes from one row to the next.
     """
     grouped = _Grouped()
-    keep, add_later, add_at = grouped.kept.append, grouped.later.append, grouped.later_at.append
+    keep, add_later, add_at = grouped.appenders()
     odd: list[Any] = []
     add_odd = odd.append
     a, b = keys
@@ -324,10 +333,7 @@ def _group_nested(data: Sequence[Any], keys: tuple[str, ...], first_type: type) 
                 add_later(row)
                 add_at(at)
     except (KeyError, IndexError) as exc:
-        bad = _locate_bad_row(data, keys)
-        if bad is None:
-            raise
-        raise bad from exc
+        _raise_located(data, keys, exc)
     except (TypeError, ValueError):
         # Not text, unhashable, not comparable, or a row that is not a mapping.
         return None
@@ -347,7 +353,7 @@ def _group_screened(
     general path.
     """
     grouped = _Grouped()
-    keep, add_later, add_at = grouped.kept.append, grouped.later.append, grouped.later_at.append
+    keep, add_later, add_at = grouped.appenders()
     odd: list[Any] = []
     add_odd = odd.append
     a, b = keys
@@ -368,10 +374,7 @@ def _group_screened(
                 add_later(row)
                 add_at(at)
     except (KeyError, IndexError) as exc:
-        bad = _locate_bad_row(data, keys)
-        if bad is None:
-            raise
-        raise bad from exc
+        _raise_located(data, keys, exc)
     except TypeError:
         return None
     return grouped, lambda: set(map(itemgetter(0), index)), odd
