@@ -61,12 +61,17 @@ def test_tracker_counts_exactly_once_across_threads_and_processes(tmp_path: Path
     messages += [*random.sample(messages, 30), ("not_a_processor", "x")]
     random.shuffle(messages)
 
+    errors: list[BaseException] = []
+
     def worker(chunk: list[tuple[str, str]]) -> None:
-        tracker = CompletionTracker(
-            SQLiteDocumentClient(path), "phase3", list(EXPECTED_PROCESSORS), publish=publish
-        )
-        for name, run in chunk:
-            tracker.record("2026-02-03", name, execution_id=run, record_count=1)
+        try:
+            tracker = CompletionTracker(
+                SQLiteDocumentClient(path), "phase3", list(EXPECTED_PROCESSORS), publish=publish
+            )
+            for name, run in chunk:
+                tracker.record("2026-02-03", name, execution_id=run, record_count=1)
+        except BaseException as exc:  # a thread's error would otherwise only be a warning
+            errors.append(exc)
 
     # Another process records player_game_summary runs concurrently. It has no publish
     # callable: if its record is the one that completes the date, the trigger stays
@@ -88,6 +93,7 @@ def test_tracker_counts_exactly_once_across_threads_and_processes(tmp_path: Path
     for t in threads:
         t.join()
     assert other.wait(120) == 0
+    assert errors == []
 
     tracker = CompletionTracker(
         SQLiteDocumentClient(path), "phase3", list(EXPECTED_PROCESSORS), publish=publish

@@ -25,6 +25,7 @@ from typing import Any
 
 from google.api_core import exceptions as gexc
 
+from ._sqlite import connect_shared
 from .errors import ConfigError
 
 __all__ = ["SQLiteDocumentClient"]
@@ -230,9 +231,7 @@ class SQLiteDocumentClient:
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(_SCHEMA)
+            db = connect_shared(self.path, timeout=30, setup=(_SCHEMA,))
             self._local.db = db
         return db
 

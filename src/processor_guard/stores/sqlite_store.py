@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .._sqlite import connect_shared
 from ..errors import StoreUnavailable
 from .base import AcquireResult, Holder, LeaseStore, PollingWaiter, ReleaseWaiter, fence_seed
 
@@ -74,31 +75,16 @@ class SQLiteStore(LeaseStore):
         return conn
 
     def _open(self, key: str | None) -> sqlite3.Connection:
-        """A set-up connection; retries the set-up while another process holds the file.
-
-        Switching a new file to WAL (and WAL recovery on open) answers SQLITE_BUSY at once,
-        without the busy handler, when several processes open the file together.
-        """
-        give_up = time.monotonic() + BUSY_TIMEOUT
-        while True:
-            conn = None
-            try:
-                conn = sqlite3.connect(
-                    self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-                )
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute(_SCHEMA)
-                return conn
-            except sqlite3.Error as exc:
-                if conn is not None:
-                    conn.close()
-                busy = isinstance(exc, sqlite3.OperationalError) and (
-                    "locked" in str(exc) or "busy" in str(exc)
-                )
-                if not busy or time.monotonic() >= give_up:
-                    raise self._unavailable(key, exc) from exc
-                time.sleep(random.uniform(POLL_MIN, POLL_MAX))
+        """A set-up connection; retries the set-up while another process holds the file."""
+        try:
+            return connect_shared(
+                self.path,
+                timeout=BUSY_TIMEOUT,
+                setup=("PRAGMA synchronous=NORMAL", _SCHEMA),
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise self._unavailable(key, exc) from exc
 
     def _unavailable(self, key: str | None, exc: BaseException) -> StoreUnavailable:
         what = f"key {key!r}" if key is not None else "holders"
