@@ -189,12 +189,13 @@ def dedupe_rows(
     if keep not in ("last", "first"):
         raise ConfigError(f"keep must be 'last' or 'first': {keep!r}")
     data: Sequence[Any] = rows if isinstance(rows, (list, tuple)) else list(rows)
-    grouped = _group(data, keys)
-    duplicate_keys, conflicted = _fold(grouped, keys, order_by, keep == "last")
+    grouped = _group(data, _Rule(keys, order_by, keep == "last"))
+    duplicate_keys, conflicted = grouped.duplicate_keys(), grouped.conflicted
     examples: list[dict[str, Any]] = []
     if conflicted:
         examples = _examples(grouped, keys, order_by, list(conflicted)[:3])
-    out = list(map(dict, grouped.kept)) if copy else grouped.kept
+    kept = grouped.kept()
+    out = list(map(dict, kept)) if copy else kept
     report = DedupReport(
         input_rows=len(data),
         output_rows=len(out),
@@ -214,28 +215,91 @@ def dedupe_rows(
     return out, report
 
 
-class _Grouped:
-    """Each key's kept row, in order of first appearance, and the later rows of a key.
+@dataclass(frozen=True)
+class _Rule:
+    """What makes rows one key and which of them is kept."""
 
-    ``later_at[i]`` is the position in ``kept`` of the key of ``later[i]``; after the
-    fold, ``firsts`` holds the first row of each position whose kept row was replaced.
+    keys: tuple[str, ...]
+    order_by: str | None
+    last: bool
+
+
+class _Grouped:
+    """Each key's kept row, held in ``slots``, and the later rows of each key.
+
+    ``slots`` is a list of rows in order of first appearance (a key's slot: its
+    position) or a dict from key to row, whose order is the same (slot: the key).
+    Grouping passes call ``fold`` for each row after the first of its key, while that
+    row is still in cache.
     """
 
-    __slots__ = ("firsts", "kept", "later", "later_at")
+    __slots__ = (
+        "conflicted",
+        "firsts",
+        "later",
+        "later_first",
+        "ranks",
+        "rule",
+        "skip",
+        "slots",
+    )
 
-    def __init__(self) -> None:
-        self.kept: list[Any] = []
+    def __init__(self, slots: list[Any] | dict[Any, Any], rule: _Rule) -> None:
+        self.slots = slots
+        self.rule = rule
+        self.skip = (*rule.keys, rule.order_by) if rule.order_by is not None else rule.keys
         self.later: list[Any] = []
-        self.later_at: list[int] = []
-        self.firsts: dict[int, Any] = {}
+        self.later_first: list[Any] = []
+        self.firsts: dict[Any, Any] = {}  # slot -> first row, once its kept row changed
+        self.ranks: dict[Any, tuple[Any, ...]] = {}
+        # Conflicting keys by the identity of their first row: no container per key,
+        # since long-lived objects on the scale of a large batch set off full collections.
+        self.conflicted: dict[int, None] = {}
 
-    def appenders(self) -> tuple[Callable[[Any], None], Callable[[Any], None], Any]:
-        """The bound appends a grouping pass calls: keep a row, add a later row and its at."""
-        return self.kept.append, self.later.append, self.later_at.append
+    def fold(self, row: Any, slot: Any) -> None:
+        """Fold ``row``, a row after the first of the key in ``slot``."""
+        slots, ob = self.slots, self.rule.order_by
+        current = slots[slot]
+        first = self.firsts.get(slot, current)
+        self.later.append(row)
+        self.later_first.append(first)
+        newer: bool | None = None
+        if ob is not None:
+            a, b = row.get(ob), current.get(ob)
+            if a != b:
+                ra, rb = _rank(a, self.ranks), _rank(b, self.ranks)
+                if ra != rb:
+                    newer = ra > rb
+        if newer is None and row != current:
+            # Tie on order_by: the canonical content decides; an equal one keeps `current`.
+            ca, cb = _content(row), _content(current)
+            newer = ca > cb if ca != cb else None
+        if newer is not None and newer == self.rule.last:
+            self.firsts[slot] = first
+            slots[slot] = row
+        if (
+            id(first) not in self.conflicted
+            and (
+                _beside(row, first, ob)
+                if ob is not None and ob in row and ob in first
+                else row != first
+            )
+            and _values_differ(first, row, self.skip)
+        ):
+            self.conflicted[id(first)] = None
+
+    def duplicate_keys(self) -> int:
+        """How many keys had more than one row."""
+        return len(set(map(id, self.later_first)))
+
+    def kept(self) -> list[Any]:
+        """The kept rows, in order of each key's first appearance."""
+        return self.slots if isinstance(self.slots, list) else list(self.slots.values())
 
 
-def _group(data: Sequence[Any], keys: tuple[str, ...]) -> _Grouped:
+def _group(data: Sequence[Any], rule: _Rule) -> _Grouped:
     """Group by raw key values, or by normalised ones when some collide once normalised."""
+    keys = rule.keys
     first = data[0] if data else None
     if (
         len(keys) == 2
@@ -247,18 +311,18 @@ def _group(data: Sequence[Any], keys: tuple[str, ...]) -> _Grouped:
         # normalisation screen ride along in the one pass.
         tx = type(first[keys[0]])
         if _in_runs(data, keys[0]):
-            screened = _group_nested(data, keys, tx)
+            screened = _group_nested(data, rule, tx)
         else:
-            screened = _group_screened(data, keys, tx)
+            screened = _group_screened(data, rule, tx)
         if screened is not None:
             grouped, distinct_firsts, odd = screened
             if _screen_collides(data, keys, tx, distinct_firsts, odd):
-                return _group_flat(data, keys, _normalised_getter(keys))[1]
+                return _group_flat(data, rule, _normalised_getter(keys))[1]
             return grouped
-    index, grouped = _group_flat(data, keys, itemgetter(*keys))
+    index, grouped = _group_flat(data, rule, itemgetter(*keys))
     if _checked_rekey(index, data, keys):
         # Some raw keys collide once normalised (e.g. a date and its ISO string).
-        grouped = _group_flat(data, keys, _normalised_getter(keys))[1]
+        grouped = _group_flat(data, rule, _normalised_getter(keys))[1]
     return grouped
 
 
@@ -272,43 +336,37 @@ def _in_runs(data: Sequence[Any], column: str, sample: int = 256) -> bool:
     return changes * 8 <= len(head)
 
 
-def _group_flat(
-    data: Sequence[Any], keys: tuple[str, ...], key_of: Any
-) -> tuple[dict[Any, int], _Grouped]:
-    """Group by ``key_of(row)``; the index from key to position in ``kept``, and the groups."""
-    grouped = _Grouped()
-    keep, add_later, add_at = grouped.appenders()
-    index: dict[Any, int] = {}
-    slot = index.setdefault
-    n = 0
+def _group_flat(data: Sequence[Any], rule: _Rule, key_of: Any) -> tuple[dict[Any, Any], _Grouped]:
+    """Group by ``key_of(row)`` in one dict from key to kept row; the dict and the groups."""
+    index: dict[Any, Any] = {}
+    grouped = _Grouped(index, rule)
+    fold = grouped.fold
+    first_seen = index.setdefault
     try:
         for row in data:
-            if (at := slot(key_of(row), n)) == n:
-                keep(row)
-                n += 1
-            else:
-                add_later(row)
-                add_at(at)
+            if first_seen(k := key_of(row), row) is not row:
+                fold(row, k)
     except (KeyError, TypeError, IndexError) as exc:
-        _raise_located(data, keys, exc)
+        _raise_located(data, rule.keys, exc)
     return index, grouped
 
 
 _Screened = tuple[_Grouped, Callable[[], Collection[Any]], list[Any]]
 
 
-def _group_nested(data: Sequence[Any], keys: tuple[str, ...], first_type: type) -> _Screened | None:
+def _group_nested(data: Sequence[Any], rule: _Rule, first_type: type) -> _Screened | None:
     """``_group_screened`` for rows in runs of one first key value: one dict per value.
 
     Small per-value dicts stay in cache and need no key tuples, where one dict of
     tuples for the whole batch costs a cache miss and an allocation per row. The first
     key value is looked up (and screened) only when it changes from one row to the next.
     """
-    grouped = _Grouped()
-    keep, add_later, add_at = grouped.appenders()
+    kept: list[Any] = []
+    grouped = _Grouped(kept, rule)
+    keep, fold = kept.append, grouped.fold
     odd: list[Any] = []
     add_odd = odd.append
-    a, b = keys
+    a, b = keys = rule.keys
     tx = first_type
     groups: dict[Any, dict[Any, int]] = {}
     group: dict[Any, int] = {}
@@ -330,8 +388,7 @@ def _group_nested(data: Sequence[Any], keys: tuple[str, ...], first_type: type) 
                 keep(row)
                 n += 1
             else:
-                add_later(row)
-                add_at(at)
+                fold(row, at)
     except (KeyError, IndexError) as exc:
         _raise_located(data, keys, exc)
     except (TypeError, ValueError):
@@ -340,9 +397,7 @@ def _group_nested(data: Sequence[Any], keys: tuple[str, ...], first_type: type) 
     return grouped, groups.keys, odd
 
 
-def _group_screened(
-    data: Sequence[Any], keys: tuple[str, ...], first_type: type
-) -> _Screened | None:
+def _group_screened(data: Sequence[Any], rule: _Rule, first_type: type) -> _Screened | None:
     """Group two keys whose second is text; also the distinct first values and odd rows.
 
     A row is set aside as odd when its first key value is falsy or not of
@@ -352,27 +407,22 @@ def _group_screened(
     second key value does not compare with text (not a str): the caller takes the
     general path.
     """
-    grouped = _Grouped()
-    keep, add_later, add_at = grouped.appenders()
+    index: dict[Any, Any] = {}
+    grouped = _Grouped(index, rule)
+    fold = grouped.fold
     odd: list[Any] = []
     add_odd = odd.append
-    a, b = keys
+    a, b = keys = rule.keys
     tx = first_type
-    index: dict[Any, int] = {}
-    slot = index.setdefault
-    n = 0
+    first_seen = index.setdefault
     try:
         for row in data:
             x = row[a]
             y = row[b]
             if type(x) is not tx or not x or y < ":":
                 add_odd(row)
-            if (at := slot((x, y), n)) == n:
-                keep(row)
-                n += 1
-            else:
-                add_later(row)
-                add_at(at)
+            if first_seen(k := (x, y), row) is not row:
+                fold(row, k)
     except (KeyError, IndexError) as exc:
         _raise_located(data, keys, exc)
     except TypeError:
@@ -418,50 +468,6 @@ def _collides(distinct: Any) -> bool:
     return _may_collide(distinct) and len({_norm_value(v) for v in distinct}) != len(distinct)
 
 
-def _fold(
-    grouped: _Grouped, keys: tuple[str, ...], order_by: str | None, last: bool
-) -> tuple[int, dict[int, None]]:
-    """Fold each later row into its key's kept row; the duplicated and conflicting keys.
-
-    Keys are counted by their position in ``grouped.kept``. Each distinct ``order_by``
-    value is ranked once. No container is allocated per key: long-lived objects on the
-    scale of a large batch would set off full garbage collections.
-    """
-    ob = order_by
-    skip = (*keys, ob) if ob is not None else keys
-    kept, firsts = grouped.kept, grouped.firsts
-    ranks: dict[Any, tuple[Any, ...]] = {}
-    conflicted: dict[int, None] = {}
-    for row, at in zip(grouped.later, grouped.later_at, strict=True):
-        current = kept[at]
-        first = firsts.get(at, current)
-        newer: bool | None = None
-        if ob is not None:
-            a, b = row.get(ob), current.get(ob)
-            if a != b:
-                ra, rb = _rank(a, ranks), _rank(b, ranks)
-                if ra != rb:
-                    newer = ra > rb
-        if newer is None and row != current:
-            # Tie on order_by: the canonical content decides; an equal one keeps `current`.
-            ca, cb = _content(row), _content(current)
-            newer = ca > cb if ca != cb else None
-        if newer is not None and newer == last:
-            firsts[at] = first
-            kept[at] = row
-        if (
-            at not in conflicted
-            and (
-                _beside(row, first, ob)
-                if ob is not None and ob in row and ob in first
-                else row != first
-            )
-            and _values_differ(first, row, skip)
-        ):
-            conflicted[at] = None
-    return len(set(grouped.later_at)), conflicted
-
-
 def _rank(value: object, ranks: dict[Any, tuple[Any, ...]]) -> tuple[Any, ...]:
     """``_order_value`` memoised in ``ranks`` (unhashable values are not memoised)."""
     try:
@@ -481,13 +487,12 @@ def _beside(row: Mapping[str, Any], first: Mapping[str, Any], order_by: str) -> 
 def _examples(
     grouped: _Grouped, keys: tuple[str, ...], order_by: str | None, chosen: list[int]
 ) -> list[dict[str, Any]]:
-    """A few conflicting keys with their row count and differing columns, for the log."""
+    """A few conflicting keys (by first-row identity) with their rows' differing columns."""
     skip = (*keys, order_by) if order_by else keys
-    groups: dict[int, list[Any]] = {at: [grouped.firsts.get(at, grouped.kept[at])] for at in chosen}
-    for row, at in zip(grouped.later, grouped.later_at, strict=True):
-        group = groups.get(at)
-        if group is not None:
-            group.append(row)
+    groups: dict[int, list[Any]] = {}
+    for row, first in zip(grouped.later, grouped.later_first, strict=True):
+        if id(first) in chosen:
+            groups.setdefault(id(first), [first]).append(row)
     return [
         {
             "key": {k: group[0].get(k) for k in keys},
