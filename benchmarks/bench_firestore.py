@@ -12,20 +12,15 @@ The emulator runs on this machine, so these are RPC and library costs, not netwo
 from __future__ import annotations
 
 import os
-import statistics
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .timing import summarise, time_cycles
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    idx = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return sorted_values[idx]
 
 
 def run(cycles: int = 300, rounds: int = 3) -> dict[str, Any]:
@@ -75,29 +70,10 @@ def run(cycles: int = 300, rounds: int = 3) -> dict[str, Any]:
             "floor (bare create + delete)": floor_bare,
             "processor_guard": ours,
         }
-        for fn in fns.values():
-            for _ in range(20):
-                fn()
-        samples: dict[str, list[float]] = {name: [] for name in fns}
-        for r in range(rounds):
-            names = list(fns)
-            names = names[r % len(names) :] + names[: r % len(names)]
-            for name in names:
-                for _ in range(cycles // rounds):
-                    t0 = time.perf_counter_ns()
-                    fns[name]()
-                    samples[name].append((time.perf_counter_ns() - t0) / 1e6)
-        floor_p50 = statistics.median(samples["floor (transaction create + delete)"])
-        out: dict[str, Any] = {}
-        for name, values in samples.items():
-            values.sort()
-            p50 = statistics.median(values)
-            out[name] = {
-                "cycles": len(values),
-                "p50_ms": round(p50, 2),
-                "p99_ms": round(percentile(values, 0.99), 2),
-                "ratio_p50_to_floor": round(p50 / floor_p50, 3),
-            }
+        samples = time_cycles(
+            fns, cycles_per_round=cycles // rounds, rounds=rounds, warmup=20, scale_ns=1e6
+        )
+        out = summarise(samples, "floor (transaction create + delete)", "ms", 2)
         client.close()
         return out
     finally:

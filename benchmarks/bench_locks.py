@@ -19,16 +19,16 @@ up as a violation (gauge above 1, or counter below the acquisitions).
 
 from __future__ import annotations
 
-import gc
 import multiprocessing as mp
 import os
-import statistics
 import sys
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from .timing import summarise, time_cycles
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTENDED = ("processor_guard", "redis-py Lock", "python-redis-lock", "pottery Redlock")
@@ -138,43 +138,16 @@ def make_cycles(port: int) -> dict[str, Callable[[], None]]:
     return cycles
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    idx = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return sorted_values[idx]
-
-
 def bench_uncontended(port: int, cycles_per_round: int = 1000, rounds: int = 6) -> dict[str, Any]:
     """p50/p99 (µs) per acquire+release cycle for every library, interleaved in rounds."""
-    cycles = make_cycles(port)
-    samples: dict[str, list[float]] = {name: [] for name in cycles}
-    for fn in cycles.values():  # warm up: connections, script caches, imports
-        for _ in range(200):
-            fn()
-    clock = time.perf_counter_ns
-    for r in range(rounds):
-        names = list(cycles)
-        names = names[r % len(names) :] + names[: r % len(names)]
-        for name in names:
-            fn = cycles[name]
-            out = samples[name]
-            gc.collect()
-            for _ in range(cycles_per_round):
-                t0 = clock()
-                fn()
-                out.append((clock() - t0) / 1000)
-    floor_p50 = statistics.median(samples["floor"])
-    result: dict[str, Any] = {}
-    for name, values in samples.items():
-        values.sort()
-        p50 = statistics.median(values)
-        result[name] = {
-            "cycles": len(values),
-            "p50_us": round(p50, 1),
-            "p99_us": round(percentile(values, 0.99), 1),
-            "mean_us": round(statistics.fmean(values), 1),
-            "ratio_p50_to_floor": round(p50 / floor_p50, 3),
-        }
-    return result
+    samples = time_cycles(
+        make_cycles(port),
+        cycles_per_round=cycles_per_round,
+        rounds=rounds,
+        warmup=200,
+        scale_ns=1000,
+    )
+    return summarise(samples, "floor", "us", 1)
 
 
 # ------------------------------------------------------------------ contended
