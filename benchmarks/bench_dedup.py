@@ -181,7 +181,7 @@ def bench_dedup(n: int = 1_000_000, repeat: int = 7) -> dict[str, Any]:
     """Dedup, the floor and pandas on ``n`` rows: 0, ~1% and ~4% re-deliveries, ~1% shuffled."""
     import logging
 
-    logging.getLogger("processor_guard.dedup").setLevel(logging.ERROR)  # expected conflicts
+    logging.getLogger("processor_guard.writes.dedup").setLevel(logging.ERROR)  # expected conflicts
     try:
         import pandas  # noqa: F401
 

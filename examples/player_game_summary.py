@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from analytics_base import AnalyticsProcessorBase
 
-from processor_guard import demo_data
+from processor_guard.demo import data as demo_data
 from processor_guard.leases import parse_game_date
 
 

@@ -96,8 +96,8 @@ def main() -> None:
     from player_game_summary import PlayerGameSummaryProcessor
 
     from processor_guard import CompletionTracker
-    from processor_guard.demo_data import EXPECTED_PROCESSORS, create_table_sql
-    from processor_guard.docstore import SQLiteDocumentClient
+    from processor_guard.completion.docstore import SQLiteDocumentClient
+    from processor_guard.demo.data import EXPECTED_PROCESSORS, create_table_sql
 
     folder = Path(os.environ.get("DATA_DIR", "."))
     warehouse = str(folder / "warehouse.duckdb")

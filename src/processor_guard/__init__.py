@@ -11,8 +11,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .completion import CompletionState, CompletionTracker, ReconcileReport
-    from .dedup import TABLES, DedupReport, TableSpec, dedupe_rows
+    from .completion.health import find_duplicates
+    from .completion.tracker import CompletionState, CompletionTracker, ReconcileReport
     from .errors import (
         ConfigError,
         GuardError,
@@ -23,9 +23,7 @@ if TYPE_CHECKING:
         StaleFence,
         StoreUnavailable,
     )
-    from .health import find_duplicates
     from .leases import Lease, LeaseHooks, current_lease, date_lock, guarded, register_hooks
-    from .merge import MergeResult, safe_merge
     from .stores import (
         FirestoreStore,
         LeaseStore,
@@ -34,6 +32,8 @@ if TYPE_CHECKING:
         SQLiteStore,
         open_store,
     )
+    from .writes.dedup import TABLES, DedupReport, TableSpec, dedupe_rows
+    from .writes.merge import MergeResult, safe_merge
 
 __version__ = "0.1.0"
 
@@ -62,18 +62,18 @@ _EXPORTS = {
     "StaleFence": "errors",
     "MergeFailed": "errors",
     # dedup
-    "dedupe_rows": "dedup",
-    "DedupReport": "dedup",
-    "TableSpec": "dedup",
-    "TABLES": "dedup",
+    "dedupe_rows": "writes.dedup",
+    "DedupReport": "writes.dedup",
+    "TableSpec": "tables",
+    "TABLES": "tables",
     # merge
-    "safe_merge": "merge",
-    "MergeResult": "merge",
+    "safe_merge": "writes.merge",
+    "MergeResult": "writes.merge",
     # completion and health
-    "CompletionTracker": "completion",
-    "CompletionState": "completion",
-    "ReconcileReport": "completion",
-    "find_duplicates": "health",
+    "CompletionTracker": "completion.tracker",
+    "CompletionState": "completion.tracker",
+    "ReconcileReport": "completion.tracker",
+    "find_duplicates": "writes.inspect",
 }
 
 __all__ = [

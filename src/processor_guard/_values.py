@@ -12,7 +12,7 @@ import math
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-UTC = dt.timezone.utc
+from .dates import UTC, parse_game_date, parse_instant
 
 #: Column types the library can validate and write, by their BigQuery names.
 SUPPORTED_TYPES = frozenset(
@@ -64,33 +64,13 @@ def normalise_type(type_name: str) -> str:
     return _ALIASES.get(base, base)
 
 
-def parse_date(value: object) -> dt.date:
-    """A ``date`` from a date or an ISO ``YYYY-MM-DD`` string."""
-    if isinstance(value, dt.datetime):
-        raise TypeError(f"expected a date, got a datetime {value!r}")
-    if isinstance(value, dt.date):
-        return value
-    if isinstance(value, str):
-        return dt.date.fromisoformat(value.strip())
-    raise TypeError(f"expected a date or 'YYYY-MM-DD' string, got {type(value).__name__}")
+def _parse_date(value: object) -> dt.date:
+    text = value.strip() if isinstance(value, str) else value
+    return parse_game_date(text, argument="DATE value")
 
 
-def parse_instant(value: object) -> dt.datetime:
-    """An aware UTC datetime from a datetime or ISO string; naive values are UTC."""
-    if isinstance(value, dt.datetime):
-        parsed = value
-    elif isinstance(value, str):
-        text = value.strip()
-        if text.endswith(("Z", "z")):
-            text = text[:-1] + "+00:00"
-        parsed = dt.datetime.fromisoformat(text)
-    else:
-        raise TypeError(
-            f"expected a timestamp (datetime or ISO string), got {type(value).__name__}"
-        )
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+def _parse_timestamp(value: object) -> dt.datetime:
+    return parse_instant(value, argument="TIMESTAMP value")
 
 
 def _parse_datetime(value: object) -> dt.datetime:
@@ -197,9 +177,9 @@ _PARSERS: dict[str, Any] = {
     "NUMERIC": _parse_numeric,
     "BIGNUMERIC": _parse_numeric,
     "BOOL": _parse_bool,
-    "DATE": parse_date,
+    "DATE": _parse_date,
     "DATETIME": _parse_datetime,
-    "TIMESTAMP": parse_instant,
+    "TIMESTAMP": _parse_timestamp,
     "TIME": _parse_time,
     "BYTES": _parse_bytes,
     "JSON": _parse_json,

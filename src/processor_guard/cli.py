@@ -24,8 +24,9 @@ from urllib.parse import urlsplit
 
 import click
 
+from .dates import parse_game_date, parse_instant
 from .errors import ConfigError, GuardError
-from .leases import STORE_ENV, parse_game_date
+from .leases import STORE_ENV
 
 log = logging.getLogger("processor_guard.cli")
 
@@ -47,7 +48,7 @@ DEFAULT_EXPECTED = (
 # Commands defined in other modules, imported only when run (or listed by --help).
 # The demo lives in processor_guard.demo (owned by the demo); add others here.
 LAZY_COMMANDS: dict[str, str] = {
-    "demo": "processor_guard.demo:demo_command",
+    "demo": "processor_guard.demo.runner:demo_command",
 }
 
 
@@ -114,15 +115,7 @@ def _date(value: str) -> dt.date:
 
 
 def _datetime(value: str | None, option: str) -> dt.datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(
-            f"{option} must be an ISO date-time such as 2026-02-04T11:00:00+00:00, got {value!r}"
-        ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+    return None if value is None else parse_instant(value, argument=option)
 
 
 def _names(value: str | None, option: str) -> tuple[str, ...]:
@@ -144,7 +137,7 @@ def completion_client(url: str) -> Any:
             raise ConfigError(f"bad completion URL {url!r}: sqlite needs a file path")
         if not Path(parts.path).is_file():
             raise ConfigError(f"completion file {parts.path!r} does not exist")
-        from .docstore import SQLiteDocumentClient
+        from .completion.docstore import SQLiteDocumentClient
 
         return SQLiteDocumentClient(parts.path)
     if parts.scheme == "firestore" and parts.netloc:
@@ -213,7 +206,7 @@ def _tracker(
     timeout: float,
     publish: str | None = None,
 ) -> Any:
-    from .completion import CompletionTracker
+    from .completion.tracker import CompletionTracker
 
     if not completion:
         return None
@@ -316,10 +309,12 @@ def health(
     Exit 0 ok, 1 warning, 2 critical (3: could not run). Signals without data are
     shown as unknown.
     """
-    from .health import Thresholds, _spec, open_warehouse, run_health
+    from .completion.health import Thresholds, run_health
+    from .tables import resolve_table
+    from .writes.inspect import open_warehouse
 
     day = _date(game_date)
-    specs = {name: _spec(name) for name in tables} if tables else None
+    specs = {name: resolve_table(name) for name in tables} if tables else None
     if scraper_first_run and not scraper_expected:
         raise ConfigError("--scraper-first-run needs --scraper-expected")
     expected_at = _datetime(scraper_expected, "--scraper-expected")
@@ -386,7 +381,7 @@ def reconcile(
     due trigger for real (never marks it triggered without publishing). Exit 0 when
     nothing is (left) wrong, 1 otherwise.
     """
-    from .health import open_warehouse
+    from .writes.inspect import open_warehouse
 
     day = _date(game_date)
     if not warehouse:

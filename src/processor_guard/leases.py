@@ -22,6 +22,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, TypeVar
 
+from .dates import date_range, parse_game_date
 from .errors import ConfigError, GuardError, LeaseLost, LockBusy
 from .stores import LeaseStore, open_store
 from .stores.base import jittered
@@ -43,7 +44,6 @@ log = logging.getLogger("processor_guard.leases")
 
 STORE_ENV = "PROCESSOR_GUARD_STORE"
 _SCOPE_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 _current: contextvars.ContextVar[tuple[Lease, ...]] = contextvars.ContextVar(
     "processor_guard_leases", default=()
@@ -51,29 +51,6 @@ _current: contextvars.ContextVar[tuple[Lease, ...]] = contextvars.ContextVar(
 
 
 # --------------------------------------------------------------------------- inputs
-
-
-def parse_game_date(value: object, *, argument: str = "game_date") -> dt.date:
-    """A ``datetime.date`` or ``YYYY-MM-DD`` string as a date; anything else is ConfigError."""
-    if isinstance(value, dt.datetime):
-        raise ConfigError(f"{argument} must be a date or 'YYYY-MM-DD', not a datetime: {value!r}")
-    if isinstance(value, dt.date):
-        return value
-    if isinstance(value, str) and _DATE_RE.match(value):
-        try:
-            return dt.date.fromisoformat(value)
-        except ValueError:
-            pass
-    raise ConfigError(f"{argument} must be a date or 'YYYY-MM-DD', got {value!r}")
-
-
-def date_range(start: object, end: object) -> list[dt.date]:
-    """Every date from ``start`` to ``end`` inclusive, validated, in ascending order."""
-    first = parse_game_date(start, argument="start_date")
-    last = parse_game_date(end, argument="end_date")
-    if last < first:
-        raise ConfigError(f"end_date {last} is before start_date {first}")
-    return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
 
 
 def _check_scope(scope: object) -> str:

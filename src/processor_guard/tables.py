@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
-__all__ = ["TABLES", "TableSpec"]
+__all__ = ["TABLES", "TableSpec", "resolve_table"]
 
 
 @dataclass(frozen=True)
@@ -36,3 +36,12 @@ TABLES: dict[str, TableSpec] = {
         TableSpec("upcoming_team_game_context", ("game_date", "team_abbr")),
     )
 }
+
+
+def resolve_table(table: TableSpec | str) -> TableSpec:
+    """``table`` itself, or the spec of one of the pipeline's tables by name."""
+    if isinstance(table, TableSpec):
+        return table
+    if isinstance(table, str) and table in TABLES:
+        return TABLES[table]
+    raise ConfigError(f"unknown table {table!r} (known: {', '.join(sorted(TABLES))})")

@@ -41,7 +41,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ConfigError
-from ..firestore_util import (
+from .base import AcquireResult, Holder, LeaseStore, ReleaseWaiter, fence_seed
+from .firestore_cas import (
     DEFAULT_TIMEOUT,
     CasOutcome,
     compare_and_set,
@@ -50,7 +51,6 @@ from ..firestore_util import (
     read_retry,
     store_unavailable,
 )
-from .base import AcquireResult, Holder, LeaseStore, ReleaseWaiter, fence_seed
 
 __all__ = ["DEFAULT_COLLECTION", "FirestoreStore"]
 

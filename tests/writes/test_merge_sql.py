@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from fixtures.pgs_rows import DUCKDB_PGS, game_rows
 from processor_guard import safe_merge
-from processor_guard.warehouse import (
+from processor_guard.writes.warehouse import (
     BigQueryWarehouse,
     Column,
     MergePlan,

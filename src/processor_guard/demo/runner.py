@@ -44,9 +44,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import click
 
-from . import demo_data
-from .errors import ConfigError, LockBusy
-from .tables import TABLES
+from ..errors import ConfigError, LockBusy
+from ..tables import TABLES
+from . import data as demo_data
 
 __all__ = ["DmlJobs", "NaiveSaver", "demo_command", "run_demo"]
 
@@ -430,7 +430,7 @@ class NaiveCompletion:
     """
 
     def __init__(self, path: Path, publish: Callable[[str], str]) -> None:
-        from .docstore import SQLiteDocumentClient
+        from ..completion.docstore import SQLiteDocumentClient
 
         self.client = SQLiteDocumentClient(path)
         self.publish = publish
@@ -483,7 +483,7 @@ def _completion_client(url: str) -> Any:
     """A Firestore client, or the SQLite document client for ``sqlite:///path``."""
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
-        from .docstore import SQLiteDocumentClient
+        from ..completion.docstore import SQLiteDocumentClient
 
         return SQLiteDocumentClient(parts.path)
     if parts.scheme == "firestore":
@@ -542,9 +542,9 @@ def _publish(events: Events, day: str) -> str:
 
 
 def _worker_guarded(cfg: WorkerConfig, events: Events) -> None:
-    from . import LeaseHooks, register_hooks
-    from .completion import CompletionTracker
-    from .leases import guarded
+    from .. import LeaseHooks, register_hooks
+    from ..completion.tracker import CompletionTracker
+    from ..leases import guarded
 
     store_url = cfg.store
     target = WarehouseTarget.parse(cfg.warehouse)
@@ -627,7 +627,7 @@ def _worker_guarded(cfg: WorkerConfig, events: Events) -> None:
 
 def _library_warehouse(target: WarehouseTarget, events: Events) -> Any:
     """The warehouse safe_merge writes through, reporting every statement it sends."""
-    from .warehouse import as_warehouse
+    from ..writes.warehouse import as_warehouse
 
     wh = as_warehouse(target.bigquery() if target.kind == "bigquery" else target.path)
     merge = wh.merge
@@ -654,7 +654,7 @@ def _library_save(
     rows: list[dict[str, Any]],
     mid_save: Callable[[], None],
 ) -> dict[str, Any]:
-    from . import current_lease, dedupe_rows, safe_merge
+    from .. import current_lease, dedupe_rows, safe_merge
 
     spec = TABLES[table]
     deduped, _report = dedupe_rows(rows, keys=spec.keys, order_by=spec.order_by, keep="last")
@@ -913,7 +913,7 @@ def _measure(
     if waits and got:
         res.second_instance_waited = round(got[0]["t"] - waits[0]["t"], 2)
     if mode == "guarded":
-        from .completion import CompletionTracker
+        from ..completion.tracker import CompletionTracker
 
         tracker = CompletionTracker(
             _completion_client(base.completion),
@@ -1011,7 +1011,7 @@ def run_demo(
             f"--store {store_url!r}: a memory store lives inside one process, and the demo's "
             "instances are separate processes; use sqlite://, redis:// or firestore://"
         )
-    from .stores import open_store
+    from ..stores import open_store
 
     open_store(store_url).close()  # a bad URL fails here, with the supported schemes
     completion_url = f"sqlite://{folder}/completion.db"

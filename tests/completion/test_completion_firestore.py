@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from health_support import Recorder
+from fixtures.health import Recorder
 from processor_guard import CompletionTracker, ConfigError
 
 pytestmark = pytest.mark.firestore

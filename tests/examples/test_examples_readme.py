@@ -10,16 +10,16 @@ import duckdb
 import pytest
 
 from processor_guard import CompletionTracker, LockBusy, date_lock
-from processor_guard.demo_data import (
+from processor_guard.completion.docstore import SQLiteDocumentClient
+from processor_guard.demo.data import (
     DEMO_DATE,
     EXPECTED_PROCESSORS,
     create_table_sql,
     games_for,
     player_rows,
 )
-from processor_guard.docstore import SQLiteDocumentClient
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 DAY = DEMO_DATE.isoformat()
 
 

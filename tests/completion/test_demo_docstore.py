@@ -15,8 +15,8 @@ from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
 from processor_guard import CompletionTracker
-from processor_guard.demo_data import EXPECTED_PROCESSORS
-from processor_guard.docstore import SQLiteDocumentClient
+from processor_guard.completion.docstore import SQLiteDocumentClient
+from processor_guard.demo.data import EXPECTED_PROCESSORS
 
 
 def test_create_update_and_preconditions(tmp_path: Path) -> None:
@@ -80,7 +80,8 @@ def test_tracker_counts_exactly_once_across_threads_and_processes(tmp_path: Path
         [
             sys.executable,
             "-c",
-            "import sys; from processor_guard.docstore import SQLiteDocumentClient as C; "
+            "import sys; "
+            "from processor_guard.completion.docstore import SQLiteDocumentClient as C; "
             "from processor_guard import CompletionTracker as T; "
             f"t = T(C({str(path)!r}), 'phase3', {list(EXPECTED_PROCESSORS)!r}); "
             "[t.record('2026-02-03', 'player_game_summary', execution_id=f'p{i}') "

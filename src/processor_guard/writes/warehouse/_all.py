@@ -27,8 +27,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from ._values import SUPPORTED_TYPES, coerce, normalise_type, to_json_value
-from .errors import ConfigError, InvalidRows, StaleFence
+from ..._values import SUPPORTED_TYPES, coerce, normalise_type, to_json_value
+from ...errors import ConfigError, InvalidRows, StaleFence
 
 __all__ = [
     "FENCE_TABLE",

@@ -28,16 +28,16 @@ from processor_guard import (
     open_store,
     safe_merge,
 )
-from processor_guard.demo_data import (
+from processor_guard.completion.docstore import SQLiteDocumentClient
+from processor_guard.demo.data import (
     DEMO_DATE,
     EXPECTED_PROCESSORS,
     create_table_sql,
     games_for,
     player_rows,
 )
-from processor_guard.docstore import SQLiteDocumentClient
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
 from player_game_summary import PlayerGameSummaryProcessor  # noqa: E402
@@ -290,7 +290,7 @@ def test_processor_on_the_bigquery_emulator(
     """The same processor class, given a BigQuery client instead of a DuckDB file."""
     from google.cloud import bigquery
 
-    from processor_guard.demo_data import COLUMNS
+    from processor_guard.demo.data import COLUMNS
 
     monkeypatch.setenv("PROCESSOR_GUARD_STORE", f"sqlite:///{tmp_path}/leases.db")
     client = bigquery_emulator.client()

@@ -27,14 +27,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from .errors import ConfigError, GuardError, StoreUnavailable
-from .leases import default_owner, parse_game_date
-from .tables import TABLES, TableSpec
-
-if TYPE_CHECKING:
-    from .health import DuplicateKey
+from ..dates import UTC, parse_game_date, parse_instant
+from ..errors import ConfigError, GuardError, StoreUnavailable
+from ..leases import default_owner
+from ..tables import TABLES, TableSpec
+from ..writes.inspect import DuplicateKey, count_rows, find_duplicates
 
 __all__ = [
     "DEFAULT_LATENESS_HOURS",
@@ -266,22 +265,16 @@ class Lateness:
         return self.hours_late > self.threshold_hours
 
 
-def _aware(value: dt.datetime, argument: str) -> dt.datetime:
-    if not isinstance(value, dt.datetime):
-        raise ConfigError(f"{argument} must be a datetime, got {value!r}")
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
-
-
 def hours_late(
     expected_at: dt.datetime, first_run_at: dt.datetime | None, *, now: dt.datetime | None = None
 ) -> float:
     """Hours between the expected time and the first run (or ``now`` if it has not run);
     0 when on time or early. Naive datetimes are taken as UTC."""
-    expected = _aware(expected_at, "expected_at")
+    expected = parse_instant(expected_at, argument="expected_at")
     if first_run_at is None:
-        end = _aware(now, "now") if now is not None else dt.datetime.now(dt.timezone.utc)
+        end = dt.datetime.now(UTC) if now is None else parse_instant(now, argument="now")
     else:
-        end = _aware(first_run_at, "first_run_at")
+        end = parse_instant(first_run_at, argument="first_run_at")
     return max(0.0, (end - expected).total_seconds() / 3600.0)
 
 
@@ -297,8 +290,8 @@ def scraper_lateness(
         raise ConfigError(f"threshold_hours must be a number >= 0, got {threshold_hours!r}")
     late = hours_late(expected_at, first_run_at, now=now)
     return Lateness(
-        _aware(expected_at, "expected_at"),
-        None if first_run_at is None else _aware(first_run_at, "first_run_at"),
+        parse_instant(expected_at, argument="expected_at"),
+        None if first_run_at is None else parse_instant(first_run_at, argument="first_run_at"),
         late,
         float(threshold_hours),
     )
@@ -532,7 +525,6 @@ class CompletionTracker:
         entries without data are reported, not hidden. A dry run writes and publishes
         nothing and lists what it would change.
         """
-        from .health import find_duplicates
 
         day = parse_game_date(game_date).isoformat()
         specs = self._specs(tables)
@@ -550,7 +542,7 @@ class CompletionTracker:
         backed: list[tuple[str, int]] = []
         for processor in self.expected:
             spec = specs[processor]
-            rows = int(warehouse_count_rows(warehouse, spec, day))
+            rows = count_rows(warehouse, spec, day)
             dups: list[DuplicateKey] = find_duplicates(warehouse, spec, day)
             dup_rows = sum(d.count - 1 for d in dups)
             done = processor in before.completed
@@ -850,7 +842,7 @@ class CompletionTracker:
         return bool((read_time - claimed_at).total_seconds() > ttl)
 
     def _get(self, ref: Any) -> Any:
-        from .firestore_util import read_doc
+        from ..stores.firestore_cas import read_doc
 
         return read_doc(ref, key=ref.path, timeout=self.rpc_timeout)
 
@@ -864,7 +856,7 @@ class CompletionTracker:
         plan, the document as it is after this call (server timestamps replaced by the
         write's update time) and the read's server time.
         """
-        from .firestore_util import compare_and_set
+        from ..stores.firestore_cas import compare_and_set
 
         ref = self.doc_ref(day)
         plans: list[_Plan] = []
@@ -904,13 +896,6 @@ class CompletionTracker:
         if outcome.written:
             after = _resolve_sentinels(after, outcome.update_time)
         return plans[-1], after, outcome.read_time
-
-
-def warehouse_count_rows(warehouse: Any, spec: TableSpec, day: str) -> int:
-    """Rows of ``spec`` for ``day`` through the warehouse adapter (or a raw client)."""
-    from .health import count_rows
-
-    return int(count_rows(warehouse, spec, day))
 
 
 def _server_timestamp() -> Any:

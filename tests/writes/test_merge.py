@@ -13,7 +13,7 @@ import pytest
 from fixtures.pgs_rows import DUCKDB_PGS, date_rows, game_rows
 from processor_guard import InvalidRows, StaleFence, date_lock, safe_merge
 from processor_guard.stores.memory import MemoryStore
-from processor_guard.warehouse import FENCE_TABLE, as_warehouse
+from processor_guard.writes.warehouse import FENCE_TABLE, as_warehouse
 
 DAY = dt.date(2026, 2, 3)
 KEYS = ("game_date", "player_lookup")

@@ -127,7 +127,7 @@ def test_identical_duplicates_are_not_conflicts() -> None:
 
 def test_conflicts_logged_at_warning(caplog: pytest.LogCaptureFixture) -> None:
     rows = [{"game_date": "2026-02-03", "player_lookup": "a", "points": p} for p in range(5)]
-    with caplog.at_level(logging.WARNING, logger="processor_guard.dedup"):
+    with caplog.at_level(logging.WARNING, logger="processor_guard.writes.dedup"):
         _, report = dedupe_rows(rows, KEYS, order_by=None)
     assert report.conflicting_keys == 1
     assert any(

@@ -13,9 +13,9 @@ import pytest
 
 from fixtures.pgs_rows import DUCKDB_PGS
 from processor_guard import StaleFence, safe_merge
-from processor_guard.warehouse import DuckDBWarehouse, as_warehouse
+from processor_guard.writes.warehouse import DuckDBWarehouse, as_warehouse
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WRITER = textwrap.dedent(
     """
     import datetime as dt, sys

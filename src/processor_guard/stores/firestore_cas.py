@@ -23,8 +23,8 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.api_core import retry as gretry
 
-from .errors import StoreUnavailable
-from .stores.base import jittered
+from ..errors import StoreUnavailable
+from .base import jittered
 
 __all__ = [
     "DEFAULT_TIMEOUT",

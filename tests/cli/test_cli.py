@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from health_support import build_duckdb
+from fixtures.health import build_duckdb
 from processor_guard import CompletionTracker
 from processor_guard.cli import main
-from processor_guard.demo_data import EXPECTED_PROCESSORS
-from processor_guard.docstore import SQLiteDocumentClient
+from processor_guard.completion.docstore import SQLiteDocumentClient
+from processor_guard.demo.data import EXPECTED_PROCESSORS
 from processor_guard.stores import open_store
 from processor_guard.stores.sqlite_store import SQLiteStore
 
@@ -366,8 +366,8 @@ def test_locks_redis_store_subprocess(redis_url: str) -> None:
 
 @pytest.mark.bigquery
 def test_health_on_bigquery_emulator_subprocess(bigquery_emulator: Any) -> None:
-    from health_support import bq_insert, rows_for
-    from processor_guard.demo_data import create_table_sql
+    from fixtures.health import bq_insert, rows_for
+    from processor_guard.demo.data import create_table_sql
 
     client = bigquery_emulator.client()
     dataset = bigquery_emulator.new_dataset(client)

@@ -16,7 +16,7 @@ from google.api_core import exceptions as gexc
 
 from fixtures.pgs_rows import date_rows, game_rows
 from processor_guard import InvalidRows, MergeFailed, safe_merge
-from processor_guard.warehouse import as_warehouse
+from processor_guard.writes.warehouse import as_warehouse
 
 pytestmark = pytest.mark.bigquery
 
@@ -57,7 +57,7 @@ def table_and_client(bigquery_emulator: Any) -> tuple[str, Any]:
 
 
 def _faulty(client: Any, error: BaseException | None, fail: int) -> Any:
-    from processor_guard.warehouse import BigQueryWarehouse
+    from processor_guard.writes.warehouse import BigQueryWarehouse
 
     faulty = FaultyClient(client, error, fail)
     return BigQueryWarehouse(faulty, count_mode="precount"), faulty
@@ -220,7 +220,7 @@ class DmlStatsClient(FaultyClient):
 
 
 def test_unfenced_save_on_real_bigquery_is_one_job(table_and_client: tuple[str, Any]) -> None:
-    from processor_guard.warehouse import BigQueryWarehouse
+    from processor_guard.writes.warehouse import BigQueryWarehouse
 
     table, client = table_and_client
     safe_merge(client, table, game_rows(DAY, 0), keys=KEYS)

@@ -10,21 +10,20 @@ from typing import Any
 import duckdb
 import pytest
 
-from health_support import Recorder, bq_insert, build_duckdb, rows_for
+from fixtures.health import Recorder, bq_insert, build_duckdb, rows_for
 from processor_guard import CompletionTracker, ConfigError, find_duplicates
-from processor_guard.completion import hours_late, scraper_lateness
-from processor_guard.demo_data import EXPECTED_PROCESSORS, create_table_sql
-from processor_guard.health import (
+from processor_guard.completion.health import (
     CRITICAL,
     OK,
     UNKNOWN,
     WARNING,
     Thresholds,
-    count_rows,
-    open_warehouse,
     run_health,
 )
+from processor_guard.completion.tracker import hours_late, scraper_lateness
+from processor_guard.demo.data import EXPECTED_PROCESSORS, create_table_sql
 from processor_guard.tables import TABLES, TableSpec
+from processor_guard.writes.inspect import count_rows, open_warehouse
 
 DATE = dt.date(2026, 2, 3)
 UTC = dt.timezone.utc

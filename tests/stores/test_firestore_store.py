@@ -26,8 +26,8 @@ import pytest
 from fixtures.firestore_emulator import FirestoreEmulator
 from fixtures.services import LOOPBACK, free_port, wait_until
 from processor_guard import ConfigError, LeaseLost, StoreUnavailable, date_lock, open_store
-from processor_guard.firestore_util import compare_and_set, optimistic_update
 from processor_guard.stores.base import PollingWaiter, fence_seed
+from processor_guard.stores.firestore_cas import compare_and_set, optimistic_update
 from processor_guard.stores.firestore_store import DEFAULT_COLLECTION, FirestoreStore
 
 pytestmark = pytest.mark.firestore

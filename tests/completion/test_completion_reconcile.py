@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from health_support import Recorder, build_duckdb
+from fixtures.health import Recorder, build_duckdb
 from processor_guard import CompletionTracker, ConfigError
-from processor_guard.demo_data import EXPECTED_PROCESSORS
+from processor_guard.demo.data import EXPECTED_PROCESSORS
 from processor_guard.tables import TableSpec
 
 pytestmark = pytest.mark.firestore

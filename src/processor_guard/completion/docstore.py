@@ -25,8 +25,8 @@ from typing import Any
 
 from google.api_core import exceptions as gexc
 
-from ._sqlite import connect_shared
-from .errors import ConfigError
+from .._sqlite import connect_shared
+from ..errors import ConfigError
 
 __all__ = ["SQLiteDocumentClient"]
 

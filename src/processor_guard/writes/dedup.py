@@ -28,9 +28,9 @@ from itertools import pairwise
 from operator import itemgetter
 from typing import Any, NoReturn
 
-from ._values import parse_instant
-from .errors import ConfigError, InvalidRows
-from .tables import TABLES, TableSpec
+from ..dates import parse_instant
+from ..errors import ConfigError, InvalidRows
+from ..tables import TABLES, TableSpec
 
 __all__ = ["TABLES", "DedupReport", "TableSpec", "dedupe_rows"]
 

@@ -32,11 +32,11 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from ._values import SUPPORTED_TYPES, coerce, to_json_value
+from .._values import SUPPORTED_TYPES, coerce, to_json_value
+from ..errors import ConfigError, InvalidRows, MergeFailed
+from ..leases import current_lease
+from ..tables import TABLES
 from .dedup import DedupReport, dedupe_rows
-from .errors import ConfigError, InvalidRows, MergeFailed
-from .leases import current_lease
-from .tables import TABLES
 from .warehouse import Column, MergeOutcome, MergePlan, Warehouse, as_warehouse
 
 __all__ = ["MergeResult", "safe_merge"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from processor_guard.demo_data import games_for
+from processor_guard.demo.data import games_for
 
 ALL_ROWS = sum(g.player_count for g in games_for())
 pytestmark = pytest.mark.slow

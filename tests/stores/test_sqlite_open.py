@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from processor_guard._sqlite import connect_shared
-from processor_guard.docstore import SQLiteDocumentClient
+from processor_guard.completion.docstore import SQLiteDocumentClient
 from processor_guard.stores.sqlite_store import SQLiteStore
 
 PROCESSES = 8

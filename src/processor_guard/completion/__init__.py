@@ -1,0 +1,1 @@
+"""Completion tracking per game date, reconciliation against the data, and health."""

@@ -1,0 +1,1 @@
+"""The incident replayed twice, unguarded and guarded (``processor-guard demo``)."""
