@@ -11,8 +11,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .completion.health import find_duplicates
-    from .completion.tracker import CompletionState, CompletionTracker, ReconcileReport
+    from .completion.reconcile import ReconcileReport
+    from .completion.state import CompletionState
+    from .completion.tracker import CompletionTracker
     from .errors import (
         ConfigError,
         GuardError,
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
         open_store,
     )
     from .writes.dedup import TABLES, DedupReport, TableSpec, dedupe_rows
+    from .writes.inspect import find_duplicates
     from .writes.merge import MergeResult, safe_merge
 
 __version__ = "0.1.0"
@@ -71,8 +73,8 @@ _EXPORTS = {
     "MergeResult": "writes.merge",
     # completion and health
     "CompletionTracker": "completion.tracker",
-    "CompletionState": "completion.tracker",
-    "ReconcileReport": "completion.tracker",
+    "CompletionState": "completion.state",
+    "ReconcileReport": "completion.reconcile",
     "find_duplicates": "writes.inspect",
 }
 

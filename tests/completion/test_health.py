@@ -20,7 +20,7 @@ from processor_guard.completion.health import (
     Thresholds,
     run_health,
 )
-from processor_guard.completion.tracker import hours_late, scraper_lateness
+from processor_guard.completion.lateness import hours_late, scraper_lateness
 from processor_guard.demo.data import EXPECTED_PROCESSORS, create_table_sql
 from processor_guard.tables import TABLES, TableSpec
 from processor_guard.writes.inspect import count_rows, open_warehouse

@@ -184,7 +184,7 @@ def test_newer_fence_accepted_and_recorded(target: Target) -> None:
         f"SELECT * FROM {target.wh.quote_table(target.wh.fence_table(target.table))}"
     )  # type: ignore[attr-defined]
     assert len(fences) == 1
-    assert FENCE_TABLE in target.wh.fence_table(target.table)  # type: ignore[attr-defined]
+    assert FENCE_TABLE in target.wh.fence_table(target.table)
 
 
 def test_fence_comes_from_the_current_lease(target: Target) -> None:

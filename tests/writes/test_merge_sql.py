@@ -72,11 +72,11 @@ def _plan(fence: int | None) -> MergePlan:
 def test_fenced_script_shape() -> None:
     wh = BigQueryWarehouse(_NoClient(), count_mode="precount")
     plan = _plan(7)
-    script = wh._script(plan, "SELECT 1")
+    script = wh.merge_script(plan, "SELECT 1")
     assert "BEGIN TRANSACTION;" in script and "COMMIT TRANSACTION;" in script
     assert "SELECT IF(EXISTS(" in script and "ERROR(" in script and "fence > 7" in script
     assert not re.search(r"\b(ASSERT|RAISE|DELETE)\b", script, re.IGNORECASE)
-    merge = wh._merge_sql(plan, "SELECT 1")
+    merge = wh.merge_sql(plan, "SELECT 1")
     assert "T.game_date IN (DATE '2026-02-03')" in merge
     assert "UPDATE SET points = S.points, processed_at = S.processed_at" in merge
     assert "game_date = S.game_date," not in merge.split("UPDATE SET")[1]

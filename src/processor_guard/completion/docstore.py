@@ -1,9 +1,10 @@
 """A Firestore-compatible document client on one SQLite file, for local runs and the demo.
 
 It implements the small part of ``google.cloud.firestore.Client`` that
-:class:`~processor_guard.completion.CompletionTracker` uses (``collection().document()``,
-``get``, ``create``, ``update`` with a ``last_update_time`` precondition,
-``write_option``), with the same optimistic-write semantics: ``create`` fails with
+:class:`~processor_guard.completion.tracker.CompletionTracker` uses
+(``collection().document()``, ``get``, ``create``, ``update`` with a
+``last_update_time`` precondition, ``write_option``), with the same optimistic-write
+semantics: ``create`` fails with
 ``AlreadyExists`` when the document exists, and an ``update`` whose precondition no
 longer holds fails with ``FailedPrecondition``. Each write is one ``BEGIN IMMEDIATE``
 transaction, so it is atomic across processes on one machine (not across machines).

@@ -1,4 +1,4 @@
-"""Duplicate detection and the daily health check, against the team's alert thresholds.
+"""The daily health check of one game date, against the team's alert thresholds.
 
 Thresholds (pipeline-facts.md): any duplicate key is critical; completion accuracy
 (document vs data) below 95% is critical; a trigger more than 30 minutes after the
@@ -14,13 +14,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..dates import parse_game_date
+from ..dates import UTC, parse_game_date
 from ..tables import TABLES, TableSpec, resolve_table
-from ..writes.inspect import as_source, count_rows, find_duplicates, jsonable
-from .tracker import DEFAULT_LATENESS_HOURS, scraper_lateness
+from ..writes.inspect import WarehouseSource, as_source, count_rows, find_duplicates, jsonable
+from .lateness import DEFAULT_LATENESS_HOURS, scraper_lateness
 
 if TYPE_CHECKING:
-    from .tracker import CompletionTracker, ReconcileReport
+    from .reconcile import ReconcileReport
+    from .tracker import CompletionTracker
 
 __all__ = [
     "CRITICAL",
@@ -35,10 +36,6 @@ __all__ = [
 
 OK, WARNING, CRITICAL, UNKNOWN = "ok", "warning", "critical", "unknown"
 _RANK = {OK: 0, UNKNOWN: 0, WARNING: 1, CRITICAL: 2}
-BIGQUERY_ENDPOINT_ENV = "BIGQUERY_EMULATOR_HOST"
-
-
-# --------------------------------------------------------------------------- health check
 
 
 @dataclass(frozen=True)
@@ -94,10 +91,6 @@ class HealthReport:
         }
 
 
-def _minutes(seconds: float) -> str:
-    return f"{seconds / 60:.1f} min"
-
-
 def run_health(
     game_date: object,
     *,
@@ -117,85 +110,104 @@ def run_health(
     """
     day = parse_game_date(game_date)
     limits = thresholds or Thresholds()
-    moment = now or dt.datetime.now(dt.timezone.utc)
+    moment = now or dt.datetime.now(UTC)
     report = HealthReport(day.isoformat())
-    if tables is None:
-        names = tracker.expected if tracker is not None else tuple(TABLES)
-        specs = {n: resolve_table(n) for n in names}
-    elif isinstance(tables, Mapping):
-        specs = dict(tables)
-    else:
-        specs = {s.name: s for s in tables}
-
+    specs = _specs_to_check(tables, tracker)
     source = as_source(warehouse) if warehouse is not None else None
     recon: ReconcileReport | None = None
     if tracker is not None and source is not None:
         recon = tracker.reconcile(day, source, dry_run=True, tables=specs)
 
-    # duplicates and rows per table
     for processor, spec in specs.items():
-        name = f"duplicates:{spec.name}"
-        if source is None:
-            report.checks.append(Check(name, UNKNOWN, None, "no warehouse given"))
-            continue
-        if not source.warehouse.table_exists(source.table(spec)):
-            report.checks.append(Check(name, CRITICAL, None, "table does not exist"))
-            continue
-        found = next((t for t in recon.tables if t.processor == processor), None) if recon else None
-        if found is not None:
-            dup_keys, dup_rows, rows = found.duplicate_keys, found.duplicate_rows, found.rows
-        else:
-            dups = find_duplicates(source, spec, day)
-            dup_keys, dup_rows = len(dups), sum(d.count - 1 for d in dups)
-            rows = count_rows(source, spec, day)
-        status = CRITICAL if dup_keys > limits.max_duplicate_keys else OK
-        detail = f"{rows} rows, {dup_keys} duplicate key(s), {dup_rows} extra row(s)"
-        if rows == 0 and status == OK:
-            detail = "no rows for this date"
-        report.checks.append(Check(name, status, dup_keys, detail))
-
-    # completion accuracy (document vs data)
+        report.checks.append(_duplicates_check(processor, spec, source, recon, day, limits))
     if recon is None:
         missing = "no completion store" if tracker is None else "no warehouse"
         report.checks.append(Check("completion_accuracy", UNKNOWN, None, f"{missing} given"))
     else:
-        acc = recon.accuracy
-        wrong = [t.processor for t in recon.tables if t.doc_complete != t.data_present]
-        status = OK if acc >= 1.0 else (WARNING if acc >= limits.min_accuracy else CRITICAL)
-        detail = (
-            f"document {recon.count_before}/{len(recon.tables)} complete, data "
-            f"{sum(t.data_present for t in recon.tables)}/{len(recon.tables)}"
-        )
-        if wrong:
-            detail += f"; disagree: {', '.join(wrong)}"
-        if recon.stored_count is not None and recon.stored_count != recon.count_before:
-            status = CRITICAL
-            detail += f"; stored count {recon.stored_count} != derived {recon.count_before}"
-        report.checks.append(Check("completion_accuracy", status, round(acc, 4), detail))
-
-    # trigger delay after the last completion
+        report.checks.append(_accuracy_check(recon, limits))
     if tracker is None:
         report.checks.append(Check("trigger_delay", UNKNOWN, None, "no completion store given"))
     else:
         report.checks.append(_trigger_check(tracker, day, limits, moment))
-
-    # scraper lateness
     if scraper_expected is None:
         report.checks.append(
             Check("scraper_lateness", UNKNOWN, None, "no expected scraper time given")
         )
     else:
-        late = scraper_lateness(
-            scraper_expected,
-            scraper_first_run,
-            threshold_hours=limits.max_scraper_late_hours,
-            now=moment,
-        )
-        status = OK if not late.alert else (WARNING if late.ran else CRITICAL)
-        ran = "first run" if late.ran else "not run yet"
-        detail = f"{ran}, {late.hours_late:.1f} h after expected {late.expected_at.isoformat()}"
-        report.checks.append(Check("scraper_lateness", status, round(late.hours_late, 2), detail))
+        report.checks.append(_lateness_check(scraper_expected, scraper_first_run, limits, moment))
     return report
+
+
+def _specs_to_check(
+    tables: Sequence[TableSpec] | Mapping[str, TableSpec] | None,
+    tracker: CompletionTracker | None,
+) -> dict[str, TableSpec]:
+    """The tables to check, by processor: those given, else the tracker's expected ones,
+    else every known table."""
+    if tables is None:
+        names = tracker.expected if tracker is not None else tuple(TABLES)
+        return {n: resolve_table(n) for n in names}
+    if isinstance(tables, Mapping):
+        return dict(tables)
+    return {s.name: s for s in tables}
+
+
+def _duplicates_check(
+    processor: str,
+    spec: TableSpec,
+    source: WarehouseSource | None,
+    recon: ReconcileReport | None,
+    day: dt.date,
+    limits: Thresholds,
+) -> Check:
+    """Duplicate keys and rows of one table for the date (reusing reconcile's counts)."""
+    name = f"duplicates:{spec.name}"
+    if source is None:
+        return Check(name, UNKNOWN, None, "no warehouse given")
+    if not source.warehouse.table_exists(source.table(spec)):
+        return Check(name, CRITICAL, None, "table does not exist")
+    found = next((t for t in recon.tables if t.processor == processor), None) if recon else None
+    if found is not None:
+        dup_keys, dup_rows, rows = found.duplicate_keys, found.duplicate_rows, found.rows
+    else:
+        dups = find_duplicates(source, spec, day)
+        dup_keys, dup_rows = len(dups), sum(d.count - 1 for d in dups)
+        rows = count_rows(source, spec, day)
+    status = CRITICAL if dup_keys > limits.max_duplicate_keys else OK
+    detail = f"{rows} rows, {dup_keys} duplicate key(s), {dup_rows} extra row(s)"
+    if rows == 0 and status == OK:
+        detail = "no rows for this date"
+    return Check(name, status, dup_keys, detail)
+
+
+def _accuracy_check(recon: ReconcileReport, limits: Thresholds) -> Check:
+    """How many expected processors' document status matches the data."""
+    acc = recon.accuracy
+    wrong = [t.processor for t in recon.tables if t.doc_complete != t.data_present]
+    status = OK if acc >= 1.0 else (WARNING if acc >= limits.min_accuracy else CRITICAL)
+    detail = (
+        f"document {recon.count_before}/{len(recon.tables)} complete, data "
+        f"{sum(t.data_present for t in recon.tables)}/{len(recon.tables)}"
+    )
+    if wrong:
+        detail += f"; disagree: {', '.join(wrong)}"
+    if recon.stored_count is not None and recon.stored_count != recon.count_before:
+        status = CRITICAL
+        detail += f"; stored count {recon.stored_count} != derived {recon.count_before}"
+    return Check("completion_accuracy", status, round(acc, 4), detail)
+
+
+def _lateness_check(
+    expected: dt.datetime, first_run: dt.datetime | None, limits: Thresholds, now: dt.datetime
+) -> Check:
+    """How late the scraper's first run was, or is so far."""
+    late = scraper_lateness(
+        expected, first_run, threshold_hours=limits.max_scraper_late_hours, now=now
+    )
+    status = OK if not late.alert else (WARNING if late.ran else CRITICAL)
+    ran = "first run" if late.ran else "not run yet"
+    detail = f"{ran}, {late.hours_late:.1f} h after expected {late.expected_at.isoformat()}"
+    return Check("scraper_lateness", status, round(late.hours_late, 2), detail)
 
 
 def _trigger_check(
@@ -228,3 +240,7 @@ def _trigger_check(
         round(waiting / 60, 2),
         f"due {_minutes(waiting)} ago, not published{why}",
     )
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"

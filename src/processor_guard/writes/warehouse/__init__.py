@@ -1,4 +1,52 @@
-"""Warehouse adapters: one small interface that BigQuery and DuckDB both implement."""
+"""Warehouse adapters: one small interface that BigQuery and DuckDB both implement.
 
-from ._all import *  # noqa: F403 - temporary while the module is split
-from ._all import __all__ as __all__
+``as_warehouse(obj)`` picks the adapter: a ``google.cloud.bigquery.Client`` gives
+:class:`BigQueryWarehouse`; a ``duckdb`` connection, a database path (``str`` or
+``Path``) or ``"duckdb:///path"`` gives :class:`DuckDBWarehouse`; a
+:class:`Warehouse` is returned as is.
+
+Queries take named parameters written ``@name`` on both engines. Nothing here ever
+sends a ``DELETE``: writes are MERGEs, staging tables are dropped, not emptied.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ...errors import ConfigError
+from .base import FENCE_TABLE, Warehouse, add_statement_observer
+from .bigquery import BigQueryWarehouse
+from .duckdb import DuckDBWarehouse
+from .plan import Column, MergeOutcome, MergePlan
+from .sql import render_string_literal
+
+__all__ = [
+    "FENCE_TABLE",
+    "BigQueryWarehouse",
+    "Column",
+    "DuckDBWarehouse",
+    "MergeOutcome",
+    "MergePlan",
+    "Warehouse",
+    "add_statement_observer",
+    "as_warehouse",
+    "render_string_literal",
+]
+
+
+def as_warehouse(obj: Any, **options: Any) -> Warehouse:
+    """The adapter for a BigQuery client, a DuckDB connection or path, or a Warehouse."""
+    if isinstance(obj, Warehouse):
+        return obj
+    if isinstance(obj, (str, Path)):
+        return DuckDBWarehouse(obj, **options)
+    module = type(obj).__module__
+    if module.startswith("google.cloud.bigquery"):
+        return BigQueryWarehouse(obj, **options)
+    if module.startswith(("duckdb", "_duckdb")):
+        return DuckDBWarehouse(obj, **options)
+    raise ConfigError(
+        f"cannot write to a {type(obj).__name__}: pass a google.cloud.bigquery.Client, "
+        "a duckdb connection, a DuckDB file path or a Warehouse"
+    )

@@ -1,0 +1,217 @@
+"""What a completion document says: the trigger rule, the state read from a document
+and the metadata derived from its entries.
+
+One Firestore document per phase and game date, ``{phase}_completion/{YYYY-MM-DD}``:
+one field per processor (a map) plus metadata fields prefixed ``_``. The completed
+count is always derived from the entries of *expected* processors; it is stored only
+so people can read it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .documents import as_datetime, server_timestamp
+
+__all__ = ["CompletionState", "PhaseRules", "TriggerRule"]
+
+
+@dataclass(frozen=True)
+class TriggerRule:
+    """When to trigger: every expected processor, or the critical ones plus a fraction
+    (rounded up) of the rest."""
+
+    critical: tuple[str, ...] | None = None
+    fraction: float = 1.0
+
+    def required_others(self, expected: Sequence[str]) -> int:
+        """How many non-critical processors must be complete."""
+        if self.critical is None:
+            return len(expected)
+        rest = [p for p in expected if p not in self.critical]
+        return math.ceil(self.fraction * len(rest) - 1e-9)
+
+    def satisfied(self, expected: Sequence[str], completed: Iterable[str]) -> bool:
+        """True when ``completed`` meets the rule for ``expected``."""
+        done = set(completed)
+        if self.critical is None:
+            return all(p in done for p in expected)
+        if not all(p in done for p in self.critical):
+            return False
+        rest_done = sum(1 for p in expected if p not in self.critical and p in done)
+        return rest_done >= self.required_others(expected)
+
+
+@dataclass(frozen=True)
+class CompletionState:
+    """What one completion document says, with the count derived from expected entries."""
+
+    phase: str
+    game_date: str
+    expected: tuple[str, ...]
+    completed: tuple[str, ...]
+    unexpected: tuple[str, ...]
+    stored_count: int | None
+    should_trigger: bool
+    trigger_pending: bool
+    triggered: bool
+    triggered_at: dt.datetime | None = None
+    message_id: str | None = None
+    satisfied_at: dt.datetime | None = None
+    last_completion_at: dt.datetime | None = None
+    duplicate: bool = False
+    publish_error: str | None = None
+    exists: bool = True
+    entries: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """Expected processors without a successful entry."""
+        return tuple(p for p in self.expected if p not in self.completed)
+
+    @property
+    def count(self) -> int:
+        """Completed expected processors (derived, never the stored number)."""
+        return len(self.completed)
+
+    @property
+    def dedup_id(self) -> str:
+        """Stable id of this phase and date's trigger; subscribers drop repeats of it."""
+        return f"{self.phase}/{self.game_date}"
+
+    @property
+    def trigger_delay(self) -> float | None:
+        """Seconds from the rule being met to the trigger being published, when both known."""
+        if self.satisfied_at is None or self.triggered_at is None:
+            return None
+        return (self.triggered_at - self.satisfied_at).total_seconds()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly view (datetimes as ISO strings)."""
+        return {
+            "phase": self.phase,
+            "game_date": self.game_date,
+            "dedup_id": self.dedup_id,
+            "exists": self.exists,
+            "expected": list(self.expected),
+            "completed": list(self.completed),
+            "missing": list(self.missing),
+            "unexpected": list(self.unexpected),
+            "count": self.count,
+            "stored_count": self.stored_count,
+            "should_trigger": self.should_trigger,
+            "trigger_pending": self.trigger_pending,
+            "triggered": self.triggered,
+            "triggered_at": _iso(self.triggered_at),
+            "message_id": self.message_id,
+            "satisfied_at": _iso(self.satisfied_at),
+            "last_completion_at": _iso(self.last_completion_at),
+            "duplicate": self.duplicate,
+            "publish_error": self.publish_error,
+        }
+
+
+@dataclass(frozen=True)
+class PhaseRules:
+    """What completion means for one phase, applied to the fields of its documents."""
+
+    phase: str
+    expected: tuple[str, ...]
+    trigger: TriggerRule
+    success_statuses: frozenset[str]
+
+    def succeeded(self, entry: Any) -> bool:
+        """True when a processor's entry records at least one successful execution."""
+        if entry is True:
+            return True
+        if not isinstance(entry, Mapping):
+            return False
+        return bool(entry.get("succeeded")) or entry.get("status") in self.success_statuses
+
+    def completed(self, data: Mapping[str, Any]) -> tuple[str, ...]:
+        """The expected processors with a successful entry in ``data``, in expected order."""
+        return tuple(p for p in self.expected if self.succeeded(data.get(p)))
+
+    def state(
+        self,
+        day: str,
+        data: Mapping[str, Any],
+        *,
+        duplicate: bool = False,
+        publish_error: str | None = None,
+        exists: bool = True,
+    ) -> CompletionState:
+        """The state of ``day``'s document holding ``data``."""
+        completed = self.completed(data)
+        stored = data.get("_completed_count")
+        return CompletionState(
+            phase=self.phase,
+            game_date=day,
+            expected=self.expected,
+            completed=completed,
+            unexpected=tuple(sorted(k for k in _entries(data) if k not in self.expected)),
+            stored_count=stored if isinstance(stored, int) else None,
+            should_trigger=self.trigger.satisfied(self.expected, completed),
+            trigger_pending=bool(data.get("_trigger_pending")),
+            triggered=bool(data.get("_triggered")),
+            triggered_at=as_datetime(data.get("_triggered_at")),
+            message_id=data.get("_trigger_message_id") or None,
+            satisfied_at=as_datetime(data.get("_satisfied_at")),
+            last_completion_at=as_datetime(data.get("_last_completion_at")),
+            duplicate=duplicate,
+            publish_error=publish_error or data.get("_trigger_last_error") or None,
+            exists=exists and bool(data),
+            entries={k: v for k, v in _entries(data).items() if isinstance(v, Mapping)},
+        )
+
+    def derived_fields(
+        self,
+        day: str,
+        before: Mapping[str, Any],
+        merged: Mapping[str, Any],
+        exists: bool,
+        reason: str = "rule satisfied",
+    ) -> dict[str, Any]:
+        """Metadata that follows from the entries: count, lists and the outbox flag.
+
+        ``before`` is the document as read, ``merged`` the same with this write's
+        entries applied; only fields whose value changes are returned.
+        """
+        completed = self.completed(merged)
+        unexpected = sorted(k for k in _entries(merged) if k not in self.expected)
+        want: dict[str, Any] = {
+            "_completed_count": len(completed),
+            "_completed": list(completed),
+            "_expected": list(self.expected),
+            "_unexpected": unexpected,
+        }
+        fields = {k: v for k, v in want.items() if not exists or before.get(k) != v}
+        if not exists:
+            fields["_phase"] = self.phase
+            fields["_game_date"] = day
+        for flag in ("_triggered", "_trigger_pending"):
+            if not isinstance(merged.get(flag), bool):
+                fields[flag] = bool(merged.get(flag))
+        triggered = bool(merged.get("_triggered"))
+        pending = bool(merged.get("_trigger_pending"))
+        if self.trigger.satisfied(self.expected, completed) and not triggered and not pending:
+            fields["_trigger_pending"] = True
+            fields["_trigger_id"] = f"{self.phase}/{day}"
+            fields["_satisfied_at"] = server_timestamp()
+            fields["_trigger_reason"] = reason
+        if fields:
+            fields["_updated_at"] = server_timestamp()
+        return fields
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _entries(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The processor entries of a document (metadata fields start with ``_``)."""
+    return {k: v for k, v in data.items() if not k.startswith("_")}

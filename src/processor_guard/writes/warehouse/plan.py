@@ -1,0 +1,57 @@
+"""The plan of one MERGE (what ``safe_merge`` validated) and what the MERGE did."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Column", "MergeOutcome", "MergePlan"]
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: name, BigQuery type name (normalised) and whether it is REQUIRED."""
+
+    name: str
+    type: str
+    required: bool = False
+    native_type: str = ""
+
+
+@dataclass
+class MergePlan:
+    """One validated, deduplicated batch ready to MERGE (built by ``safe_merge``)."""
+
+    table: str
+    keys: tuple[str, ...]
+    partition_field: str | None
+    columns: tuple[Column, ...]
+    rows: list[dict[str, Any]]
+    partition_values: tuple[Any, ...]
+    fence: int | None = None
+    order_by: str | None = None
+    staging_threshold_bytes: int = 4_000_000
+    staging_ttl: dt.timedelta = dt.timedelta(hours=1)
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    @property
+    def update_columns(self) -> tuple[str, ...]:
+        """Columns the batch carries that are not keys: the only ones UPDATE touches."""
+        return tuple(c.name for c in self.columns if c.name not in self.keys)
+
+
+@dataclass
+class MergeOutcome:
+    """What one MERGE attempt did."""
+
+    inserted: int
+    updated: int
+    skipped: int = 0
+    jobs: int = 0
+    bytes_sent: int = 0
+    path: str = ""
+    statements: list[str] = field(default_factory=list)

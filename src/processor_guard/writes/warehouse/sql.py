@@ -1,0 +1,171 @@
+"""SQL text both engines share: identifiers, literals, and the MERGE of a plan.
+
+The MERGE, its pre-count and the newer-row guard are built here once; an engine
+passes in what differs (the quoted target, its source form, how a partition value is
+written). No text built here ever contains the word DELETE.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ..._values import normalise_type, to_json_value
+from ...errors import ConfigError
+from .plan import Column, MergePlan
+
+__all__ = [
+    "PartitionValueSql",
+    "check_identifier",
+    "count_statement",
+    "is_identifier",
+    "json_rows_text",
+    "merge_statement",
+    "render_string_literal",
+    "typed_literal",
+]
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DELETE_WORD = re.compile(r"(?<=[dD])(?=[eE][lL][eE][tT][eE])")
+_JSON_TOKEN = re.compile(r"\\u[0-9a-fA-F]{4}|\\.|[dD](?=[eE][lL][eE][tT][eE])")
+
+#: How an engine writes one partition value, given the partition column's type: a
+#: typed literal on BigQuery, a ``?`` placeholder on DuckDB.
+PartitionValueSql = Callable[[object, str], str]
+
+
+def is_identifier(name: str) -> bool:
+    """Whether ``name`` is a plain SQL identifier (safe to put in a statement unquoted)."""
+    return bool(_IDENTIFIER.match(name))
+
+
+def check_identifier(name: str, what: str = "column") -> str:
+    """``name`` if it is a plain identifier; ConfigError otherwise."""
+    if not is_identifier(name):
+        raise ConfigError(f"{what} name {name!r} is not a plain identifier")
+    return name
+
+
+def _escape_literal(text: str) -> str:
+    out = ["'"]
+    for ch in text:
+        code = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == "'":
+            out.append("\\'")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif code < 0x20 or code == 0x7F or 0xD800 <= code <= 0xDFFF:
+            raise ValueError(f"character U+{code:04X} cannot go into a SQL literal")
+        else:
+            out.append(ch)
+    out.append("'")
+    return "".join(out)
+
+
+def render_string_literal(text: str) -> str:
+    """A single-quoted BigQuery string literal that reads back as ``text``.
+
+    Only the escapes ``\\\\ \\' \\n \\r \\t`` are used (the emulator knows no
+    others); other control characters are refused. Text spelling ``delete`` in any
+    case is split into concatenated literals, so no statement ever contains the word.
+    """
+    pieces = _DELETE_WORD.split(text)
+    if len(pieces) == 1:
+        return _escape_literal(text)
+    return "(" + " || ".join(_escape_literal(p) for p in pieces) + ")"
+
+
+def typed_literal(value: object, type_name: str) -> str:
+    """A typed SQL literal for a partition value (DATE '...', an integer, a string)."""
+    kind = normalise_type(type_name)
+    if kind == "INT64":
+        return str(int(value))  # type: ignore[call-overload]
+    if kind in ("DATE", "DATETIME", "TIMESTAMP"):
+        return f"{kind} {render_string_literal(str(to_json_value(value, kind)))}"
+    if kind == "STRING":
+        return render_string_literal(str(value))
+    raise ConfigError(f"partition column type {type_name} is not supported")
+
+
+def _hide_delete_json(text: str) -> str:
+    """JSON text with every ``d`` that starts ``delete`` written as a ``\\u`` escape."""
+    return _JSON_TOKEN.sub(
+        lambda m: m.group() if m.group().startswith("\\") else f"\\u{ord(m.group()):04x}", text
+    )
+
+
+def json_rows_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> str:
+    """Rows as a JSON array of arrays in column order; values in their JSON form."""
+    payload = [[to_json_value(row.get(c.name), c.type) for c in columns] for row in rows]
+    return _hide_delete_json(json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
+
+
+def _newer_row_guard(plan: MergePlan) -> list[str]:
+    """The condition for a source row to replace a stored one: at least as new by ``order_by``."""
+    order_by = plan.order_by
+    if order_by is None or order_by not in plan.column_names:
+        return []
+    return [f"(T.{order_by} IS NULL OR S.{order_by} >= T.{order_by})"]
+
+
+def _match_condition(plan: MergePlan, partition_value_sql: PartitionValueSql) -> str:
+    """Target row T matches source row S: same keys, within the batch's partition values."""
+    conditions = [f"T.{key} = S.{key}" for key in plan.keys]
+    if plan.partition_field is not None and plan.partition_values:
+        kind = next(c.type for c in plan.columns if c.name == plan.partition_field)
+        values = ", ".join(partition_value_sql(v, kind) for v in plan.partition_values)
+        conditions.append(f"T.{plan.partition_field} IN ({values})")
+    return " AND ".join(conditions)
+
+
+def merge_statement(
+    plan: MergePlan, *, target: str, source: str, partition_value_sql: PartitionValueSql
+) -> str:
+    """The MERGE of ``plan`` from ``source`` (a table or a parenthesised query) into ``target``.
+
+    A stored key is updated, in the columns the batch carries only and by a row at
+    least as new; a new key is inserted.
+    """
+    lines = [
+        f"MERGE INTO {target} AS T",
+        f"USING {source} AS S",
+        f"ON {_match_condition(plan, partition_value_sql)}",
+    ]
+    if plan.update_columns:
+        when_matched = " AND ".join(["WHEN MATCHED", *_newer_row_guard(plan)])
+        sets = ", ".join(f"{c} = S.{c}" for c in plan.update_columns)
+        lines.append(f"{when_matched} THEN UPDATE SET {sets}")
+    columns = plan.column_names
+    lines.append(
+        f"WHEN NOT MATCHED THEN INSERT ({', '.join(columns)}) "
+        f"VALUES ({', '.join('S.' + c for c in columns)})"
+    )
+    return "\n".join(lines)
+
+
+def count_statement(
+    plan: MergePlan,
+    *,
+    target: str,
+    source: str,
+    partition_value_sql: PartitionValueSql,
+    select: str = "SELECT",
+) -> str:
+    """One row: ``matched`` (batch keys already stored) and ``newer`` (those the MERGE updates).
+
+    For engines whose MERGE does not report what it did: run just before the MERGE.
+    """
+    guard = _newer_row_guard(plan)
+    newer = f"CASE WHEN {' AND '.join(guard)} THEN 1 ELSE 0 END" if guard else "1"
+    return (
+        f"{select} COUNT(*) AS matched, COALESCE(SUM({newer}), 0) AS newer "
+        f"FROM {target} AS T JOIN {source} AS S ON {_match_condition(plan, partition_value_sql)}"
+    )
