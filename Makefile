@@ -26,6 +26,7 @@ install: $(VENV)/.installed $(BQVENV)/.installed
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests examples benchmarks
+	$(BIN)/lint-imports
 
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy src

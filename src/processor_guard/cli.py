@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import click
 
+from .completion.lateness import DEFAULT_LATENESS_HOURS
 from .dates import parse_game_date, parse_instant
 from .errors import ConfigError, GuardError
 from .leases import STORE_ENV
@@ -287,7 +288,11 @@ def main(verbose: bool) -> None:
 @click.option("--scraper-expected", help="When the scraper should first run (ISO date-time).")
 @click.option("--scraper-first-run", help="When it first ran (ISO date-time); omit if not yet.")
 @click.option(
-    "--max-late-hours", type=float, default=4.0, show_default=True, help="Lateness alert."
+    "--max-late-hours",
+    type=float,
+    default=DEFAULT_LATENESS_HOURS,
+    show_default=True,
+    help="Lateness alert.",
 )
 @_errors_to_one_line
 def health(

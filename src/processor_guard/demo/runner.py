@@ -44,6 +44,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import click
 
+from .._backoff import retry_while
 from ..errors import ConfigError, LockBusy
 from ..tables import TABLES
 from . import data as demo_data
@@ -54,7 +55,9 @@ PGS = "player_game_summary"
 PHASE = "phase3"
 ROLES = ("instance-1", "instance-2", "others")
 MODES = ("unguarded", "guarded")
-BIGQUERY_ENDPOINT_ENV = "PROCESSOR_GUARD_BIGQUERY_ENDPOINT"  # as in health.open_warehouse
+BIGQUERY_ENDPOINT_ENV = "PROCESSOR_GUARD_BIGQUERY_ENDPOINT"
+#: Each demo instance is this module run as a separate OS process.
+WORKER_MODULE = "processor_guard.demo.runner"
 # Compressed job latencies: how long a BigQuery MERGE job and a load job "run".
 MERGE_JOB_SECONDS = 0.4
 LOAD_JOB_SECONDS = 0.4
@@ -170,15 +173,16 @@ class WarehouseTarget:
         """Open the DuckDB file for one operation, waiting while another process has it."""
         import duckdb
 
-        give_up = time.monotonic() + 60
-        while True:
-            try:
-                con = duckdb.connect(self.path)
-                break
-            except duckdb.IOException as exc:
-                if "lock" not in str(exc).lower() or time.monotonic() > give_up:
-                    raise
-                time.sleep(0.01)
+        # Another process holds the file for one short operation: retry within 10 ms.
+        con = retry_while(
+            lambda: duckdb.connect(self.path),
+            retryable=lambda exc: (
+                isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
+            ),
+            timeout=60,
+            base=0.01,
+            cap=0.01,
+        )
         try:
             yield con
         finally:
@@ -812,7 +816,7 @@ def _replay(
         cfg = WorkerConfig(**{**base.__dict__, "mode": mode, "role": role})
         logs[role] = open(Path(base.dir) / f"{mode}-{role}.log", "wb")  # noqa: SIM115
         procs[role] = subprocess.Popen(
-            [sys.executable, "-m", "processor_guard.demo", "worker", json.dumps(cfg.__dict__)],
+            [sys.executable, "-m", WORKER_MODULE, "worker", json.dumps(cfg.__dict__)],
             stdout=logs[role],
             stderr=subprocess.STDOUT,
             env=env,
