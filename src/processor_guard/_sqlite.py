@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-import random
 import sqlite3
-import time
 from collections.abc import Sequence
+
+from ._backoff import retry_while
 
 __all__ = ["connect_shared"]
 
-RETRY_MIN = 0.002
-RETRY_MAX = 0.025
+# Retries while the file is busy back off from 2 ms up to 25 ms: the process holding it
+# (switching the file to WAL, creating a schema) needs only milliseconds.
+RETRY_BASE = 0.002
+RETRY_CAP = 0.025
+
+
+def _is_busy(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "locked" in str(exc) or "busy" in str(exc)
+    )
 
 
 def connect_shared(
@@ -27,23 +35,20 @@ def connect_shared(
     lock of a rollback-journal file (as when several processes open a new file together).
     Gives up after ``timeout`` seconds and raises the last ``sqlite3.Error``.
     """
-    give_up = time.monotonic() + timeout
-    while True:
-        conn = None
+
+    def open_once() -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            path, timeout=timeout, isolation_level=None, check_same_thread=check_same_thread
+        )
         try:
-            conn = sqlite3.connect(
-                path, timeout=timeout, isolation_level=None, check_same_thread=check_same_thread
-            )
             conn.execute("PRAGMA journal_mode=WAL")
             for statement in setup:
                 conn.execute(statement)
-            return conn
-        except sqlite3.Error as exc:
-            if conn is not None:
-                conn.close()
-            busy = isinstance(exc, sqlite3.OperationalError) and (
-                "locked" in str(exc) or "busy" in str(exc)
-            )
-            if not busy or time.monotonic() >= give_up:
-                raise
-            time.sleep(random.uniform(RETRY_MIN, RETRY_MAX))
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return conn
+
+    return retry_while(
+        open_once, retryable=_is_busy, timeout=timeout, base=RETRY_BASE, cap=RETRY_CAP
+    )

@@ -22,12 +22,13 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, TypeVar
 
+from ._backoff import full_jitter
 from .dates import date_range, parse_game_date
 from .errors import ConfigError, GuardError, LeaseLost, LockBusy
 from .stores import LeaseStore, open_store
-from .stores.base import jittered
 
 __all__ = [
+    "STORE_ENV",
     "Lease",
     "LeaseHooks",
     "current_lease",
@@ -42,8 +43,13 @@ __all__ = [
 
 log = logging.getLogger("processor_guard.leases")
 
+#: The environment variable with the lease store's URL, used when no store is passed.
 STORE_ENV = "PROCESSOR_GUARD_STORE"
 _SCOPE_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+# A waiter retries a busy key after a full-jitter pause growing from 20 ms up to 1 s,
+# sooner when the holder's lease runs out or a release notice wakes it.
+WAIT_BASE = 0.02
+WAIT_CAP = 1.0
 
 _current: contextvars.ContextVar[tuple[Lease, ...]] = contextvars.ContextVar(
     "processor_guard_leases", default=()
@@ -460,9 +466,8 @@ def date_lock(
     clock: Callable[[], float] = time.monotonic,
 ) -> Iterator[Lease]:
     """Hold the lease for (scope, game_date) for the ``with`` block, renewing it."""
-    the_scope = _check_scope(scope)
+    key = lease_key(scope, game_date)
     day = parse_game_date(game_date)
-    key = f"{the_scope}:{day.isoformat()}"
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < math.inf:
         raise ConfigError(f"ttl must be a number of seconds > 0, got {ttl!r}")
     if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0:
@@ -555,7 +560,7 @@ def _acquire(
                 # Subscribe before the next attempt so a release in between is not missed.
                 waiter = store.release_waiter(key)
                 continue
-            pause = jittered(0.02, 1.0, attempt)
+            pause = full_jitter(WAIT_BASE, WAIT_CAP, attempt)
             if holder is not None and holder.remaining is not None:
                 pause = min(pause, holder.remaining + random.uniform(0, 0.01))
             waiter.wait(min(left, max(pause, 0.001)))

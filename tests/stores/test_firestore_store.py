@@ -1,4 +1,4 @@
-"""FirestoreStore and optimistic_update on Google's Firestore emulator (real server).
+"""FirestoreStore and compare_and_set on Google's Firestore emulator (real server).
 
 The cross-store conformance suite covers the common contract; these tests cover what
 is specific to Firestore: compare-and-set contention without transaction lock waits,
@@ -27,7 +27,7 @@ from fixtures.firestore_emulator import FirestoreEmulator
 from fixtures.services import LOOPBACK, free_port, wait_until
 from processor_guard import ConfigError, LeaseLost, StoreUnavailable, date_lock, open_store
 from processor_guard.stores.base import PollingWaiter, fence_seed
-from processor_guard.stores.firestore_cas import compare_and_set, optimistic_update
+from processor_guard.stores.firestore_cas import compare_and_set
 from processor_guard.stores.firestore_store import DEFAULT_COLLECTION, FirestoreStore
 
 pytestmark = pytest.mark.firestore
@@ -423,17 +423,17 @@ def test_unreachable_firestore_raises_store_unavailable(
         store.holders()
     ref = client.collection("c").document("d")
     with pytest.raises(StoreUnavailable):
-        optimistic_update(client, ref, lambda doc: {"n": 1}, timeout=1.0)
+        compare_and_set(client, ref, lambda doc, now: {"n": 1}, timeout=1.0)
     client.close()
 
 
-# --------------------------------------------------------------------------- optimistic_update
+# --------------------------------------------------------------------------- compare_and_set
 
 
-def test_optimistic_update_counts_exactly_under_thread_contention(firestore_client: Any) -> None:
+def test_compare_and_set_counts_exactly_under_thread_contention(firestore_client: Any) -> None:
     ref = firestore_client.collection("counters").document("c1")
 
-    def bump(doc: dict[str, Any] | None) -> dict[str, Any]:
+    def bump(doc: dict[str, Any] | None, now: dt.datetime) -> dict[str, Any]:
         doc = doc or {"n": 0, "by": {}}
         doc["n"] += 1
         return doc
@@ -444,7 +444,8 @@ def test_optimistic_update_counts_exactly_under_thread_contention(firestore_clie
     def work() -> None:
         try:
             for _ in range(per_thread):
-                optimistic_update(firestore_client, ref, bump)
+                outcome = compare_and_set(firestore_client, ref, bump, max_attempts=100)
+                assert outcome.written, outcome
         except BaseException as exc:
             errors.append(exc)
 
@@ -457,13 +458,13 @@ def test_optimistic_update_counts_exactly_under_thread_contention(firestore_clie
     assert ref.get().to_dict()["n"] == 3 * per_thread
 
 
-def test_optimistic_update_retries_a_lost_race_with_backoff(firestore_client: Any) -> None:
+def test_compare_and_set_retries_a_lost_race_with_backoff(firestore_client: Any) -> None:
     ref = firestore_client.collection("counters").document("c2")
     ref.set({"n": 10, "drop_me": True, "odd.name": 1})
     sleeps: list[float] = []
     calls = {"n": 0}
 
-    def mutate(doc: dict[str, Any] | None) -> dict[str, Any]:
+    def mutate(doc: dict[str, Any] | None, now: dt.datetime) -> dict[str, Any]:
         assert doc is not None
         calls["n"] += 1
         if calls["n"] == 1:
@@ -472,37 +473,42 @@ def test_optimistic_update_retries_a_lost_race_with_backoff(firestore_client: An
         del doc["drop_me"]
         return doc
 
-    before, after = optimistic_update(firestore_client, ref, mutate, sleep=sleeps.append)
+    outcome = compare_and_set(firestore_client, ref, mutate, sleep=sleeps.append)
     assert calls["n"] == 2 and len(sleeps) == 1
-    assert before == {"n": 20, "drop_me": True, "odd.name": 1}
-    assert after == {"n": 21, "odd.name": 1}
+    assert outcome.written and outcome.attempts == 2
+    assert outcome.before == {"n": 20, "drop_me": True, "odd.name": 1}
+    assert outcome.after == {"n": 21, "odd.name": 1}
     assert ref.get().to_dict() == {"n": 21, "odd.name": 1}
 
 
-def test_optimistic_update_none_writes_nothing_and_creates_when_absent(
+def test_compare_and_set_none_writes_nothing_and_creates_when_absent(
     firestore_client: Any,
 ) -> None:
     ref = firestore_client.collection("counters").document("c3")
-    before, after = optimistic_update(firestore_client, ref, lambda doc: None)
-    assert before is None and after is None and not ref.get().exists
-    before, after = optimistic_update(firestore_client, ref, lambda doc: {"n": 1})
-    assert before is None and after == {"n": 1}
+    outcome = compare_and_set(firestore_client, ref, lambda doc, now: None)
+    assert outcome.before is None and outcome.after is None and not outcome.written
+    assert not ref.get().exists
+    outcome = compare_and_set(firestore_client, ref, lambda doc, now: {"n": 1})
+    assert outcome.before is None and outcome.after == {"n": 1} and outcome.written
     stamp = ref.get().update_time
-    before, after = optimistic_update(firestore_client, ref, lambda doc: None)
-    assert before == after == {"n": 1} and ref.get().update_time == stamp
+    outcome = compare_and_set(firestore_client, ref, lambda doc, now: None)
+    assert outcome.before == outcome.after == {"n": 1} and not outcome.written
+    assert ref.get().update_time == stamp
 
 
-def test_optimistic_update_gives_up_as_store_unavailable(firestore_client: Any) -> None:
+def test_compare_and_set_gives_up_after_max_attempts(firestore_client: Any) -> None:
     ref = firestore_client.collection("counters").document("c4")
     ref.set({"n": 0})
 
-    def always_raced(doc: dict[str, Any] | None) -> dict[str, Any]:
+    def always_raced(doc: dict[str, Any] | None, now: dt.datetime) -> dict[str, Any]:
         assert doc is not None
         ref.update({"n": doc["n"] + 100})
         return {"n": -1}
 
-    with pytest.raises(StoreUnavailable, match="lost the race 3 times"):
-        optimistic_update(firestore_client, ref, always_raced, max_attempts=3, sleep=lambda s: None)
+    outcome = compare_and_set(
+        firestore_client, ref, always_raced, max_attempts=3, sleep=lambda s: None
+    )
+    assert outcome.gave_up and not outcome.written and outcome.attempts == 3
     assert ref.get().to_dict()["n"] == 300
 
 

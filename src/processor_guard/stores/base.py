@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -131,9 +130,3 @@ class LeaseStore(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}>"
-
-
-def jittered(base: float, cap: float, attempt: int, rng: random.Random | None = None) -> float:
-    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt)]."""
-    upper = min(cap, base * (2 ** min(attempt, 30)))
-    return (rng or random).uniform(0, upper)

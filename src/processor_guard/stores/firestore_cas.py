@@ -23,15 +23,14 @@ from typing import Any
 from google.api_core import exceptions as gexc
 from google.api_core import retry as gretry
 
+from .._backoff import full_jitter
 from ..errors import StoreUnavailable
-from .base import jittered
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "CasOutcome",
     "compare_and_set",
     "is_unavailable",
-    "optimistic_update",
     "read_doc",
     "read_retry",
     "store_unavailable",
@@ -71,6 +70,9 @@ def _transient(exc: BaseException) -> bool:
 
 def read_retry(timeout: float) -> gretry.Retry:
     """Retry policy for idempotent reads: transient errors, for at most ``timeout`` s."""
+    # Google's clients take their retry policy per call, and api_core's Retry already
+    # sleeps full jitter (uniform up to min(maximum, initial * multiplier**n)), the
+    # policy of processor_guard._backoff.
     return gretry.Retry(
         predicate=_transient, initial=0.05, maximum=0.5, multiplier=2.0, timeout=timeout
     )
@@ -173,56 +175,10 @@ def compare_and_set(
             if attempt >= max_attempts or out_of_time:
                 return CasOutcome(before, before, False, read_time, None, attempt, gave_up=True)
             if base_delay > 0:
-                sleep(jittered(base_delay, max_delay, attempt - 1, rng))
+                sleep(full_jitter(base_delay, max_delay, attempt - 1, rng))
             continue
         except Exception as exc:
             if is_unavailable(exc):
                 raise store_unavailable(exc, key, "write") from exc
             raise
         return CasOutcome(before, after, True, read_time, result.update_time, attempt)
-
-
-def optimistic_update(
-    client: Any,
-    doc_ref: Any,
-    mutate: Callable[[Doc | None], Doc | None],
-    *,
-    max_attempts: int = 100,
-    base_delay: float = 0.005,
-    max_delay: float = 0.25,
-    deadline: float | None = 60.0,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-    rng: random.Random | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
-) -> tuple[Doc | None, Doc | None]:
-    """Apply ``mutate`` to one document atomically; returns ``(before, after)``.
-
-    ``mutate`` gets a private copy of the document (None when absent) and returns its
-    new full state (fields it drops are deleted), or None to leave it unchanged; it may
-    run once per attempt, so it must be free of side effects. ``after`` is ``before``
-    when nothing was written. Raises StoreUnavailable when Firestore cannot be reached
-    or when every attempt (``max_attempts``, ``deadline`` seconds) lost a race.
-    """
-    key = getattr(doc_ref, "path", None)
-    outcome = compare_and_set(
-        client,
-        doc_ref,
-        lambda doc, _read_time: mutate(doc),
-        key=key,
-        max_attempts=max_attempts,
-        base_delay=base_delay,
-        max_delay=max_delay,
-        deadline=deadline,
-        clock=clock,
-        sleep=sleep,
-        rng=rng,
-        timeout=timeout,
-    )
-    if outcome.gave_up:
-        raise StoreUnavailable(
-            f"Firestore update of {key!r} lost the race {outcome.attempts} times in a row; "
-            "too much contention on one document",
-            key=key,
-        )
-    return outcome.before, outcome.after

@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -258,6 +259,18 @@ def _holder(key: str, reply: Any) -> Holder:
     return Holder(key, owner, int(fence), remaining)
 
 
+@contextlib.contextmanager
+def _as_store_unavailable(key: str | None) -> Iterator[None]:
+    """Raise the block's Redis and socket errors as StoreUnavailable for ``key`` (None when
+    listing holders): the one place RedisStore maps them. The message holds the key and
+    redis-py's error text (host and port at most), never the URL and its password."""
+    try:
+        yield
+    except _ERRORS as exc:
+        what = f"key {key!r}" if key is not None else "holders"
+        raise StoreUnavailable(f"redis unreachable for {what}: {exc}", key=key) from exc
+
+
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
@@ -339,6 +352,110 @@ class _PubSubWaiter(ReleaseWaiter):
                 self._pubsub.close()
 
 
+class _ScriptRunner:
+    """Runs a store's Lua scripts by EVALSHA, on a small set of connections of its own.
+
+    Checking a connection out of redis-py's pool and back costs more than the round trip
+    itself. Only a plain pooled client gets own connections; a cluster or
+    single-connection client goes through its own execute path.
+    """
+
+    def __init__(self, client: redis.Redis, scripts: tuple[Script, ...]) -> None:
+        self._client = client
+        self._scripts = scripts
+        self._direct = (
+            type(client) is redis.Redis
+            and getattr(client, "connection", None) is None
+            and getattr(client.connection_pool, "cache", None) is None
+        )
+        self._idle: list[Connection] = []
+        self._encoding = (
+            client.connection_pool.connection_kwargs.get("encoding", "utf-8")
+            if self._direct
+            else "utf-8"
+        )
+        self._idle_pid = _pid
+        self._conns: weakref.WeakSet[Connection] = weakref.WeakSet()  # for close()
+
+    def _checkout(self) -> Connection:
+        """An idle connection of the runner (a new one when none is idle)."""
+        if self._idle_pid != _pid:  # forked: never touch the parent's sockets
+            self._idle, self._idle_pid = [], _pid
+        try:
+            return self._idle.pop()  # list.pop/append are atomic: no lock needed
+        except IndexError:
+            pool = self._client.connection_pool
+            conn: Connection = pool.connection_class(**pool.connection_kwargs)
+            self._conns.add(conn)
+            return conn
+
+    def _load_scripts(self, conn: Connection) -> None:
+        """Load every script in one round trip (a new or restarted server knows none)."""
+        scripts = self._scripts
+        conn.send_packed_command(  # type: ignore[no-untyped-call]
+            [c for s in scripts for c in conn.pack_command("SCRIPT", "LOAD", s.script)]  # type: ignore[no-untyped-call]
+        )
+        for s in scripts:
+            s.sha = _text(conn.read_response())
+
+    def _pack(self, script: Script, numkeys: int, args: tuple[str | int, ...]) -> bytes:
+        """EVALSHA in RESP, packed here: redis-py's general packer costs microseconds."""
+        enc = self._encoding
+        out = [b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n" % (len(args) + 3, script.sha.encode())]
+        out.append(b"$%d\r\n%d\r\n" % (len(str(numkeys)), numkeys))
+        for arg in args:
+            data = arg.encode(enc) if type(arg) is str else str(arg).encode()
+            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        return b"".join(out)
+
+    def evalsha(self, script: Script, numkeys: int, *keys_and_args: str | int) -> Any:
+        """EVALSHA, loading the script once if the server does not know it (e.g. restarted).
+
+        A broken connection is dropped and the call retried once on a new one (a server
+        restart leaves every idle connection dead), as redis-py's own single retry does.
+        """
+        if not self._direct:
+            try:
+                return self._client.evalsha(script.sha, numkeys, *keys_and_args)
+            except NoScriptError:
+                script.sha = self._client.script_load(script.script)
+                return self._client.evalsha(script.sha, numkeys, *keys_and_args)
+        for attempt in (0, 1):
+            conn = self._checkout()
+            try:
+                try:
+                    conn.send_packed_command([self._pack(script, numkeys, keys_and_args)], False)  # type: ignore[no-untyped-call]
+                    reply = conn.read_response()
+                except NoScriptError:
+                    self._load_scripts(conn)
+                    conn.send_packed_command([self._pack(script, numkeys, keys_and_args)], False)  # type: ignore[no-untyped-call]
+                    reply = conn.read_response()
+            except redis.ResponseError:
+                self._idle.append(conn)  # the error reply was read: still in step
+                raise
+            except redis.ConnectionError:
+                conn.disconnect()  # type: ignore[no-untyped-call]
+                if attempt:
+                    raise
+                continue
+            except BaseException:
+                # A timeout or an interrupt mid-reply leaves the connection out of step.
+                conn.disconnect()  # type: ignore[no-untyped-call]
+                raise
+            self._idle.append(conn)
+            return reply
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Disconnect every connection the runner opened."""
+        conns = list(self._conns)
+        self._idle.clear()
+        self._conns.clear()
+        for conn in conns:
+            with contextlib.suppress(*_ERRORS):
+                conn.disconnect()  # type: ignore[no-untyped-call]
+
+
 class RedisStore(LeaseStore):
     """Leases in Redis: atomic Lua scripts, fences that never go backwards, expiry on the
     server's clock, and bounded barging: a release wakes the longest-waiting waiter over
@@ -363,26 +480,11 @@ class RedisStore(LeaseStore):
         self._client = client
         self._prefix = prefix
         self._after_us = round(handoff_after * 1_000_000)
-        # Own connections only for a plain pooled client; a cluster or single-connection
-        # client goes through its own execute path.
-        self._direct = (
-            type(client) is redis.Redis
-            and getattr(client, "connection", None) is None
-            and getattr(client.connection_pool, "cache", None) is None
-        )
         self._waiting = threading.local()  # key -> this thread's _PubSubWaiter
         self._idle_waiters: list[_PubSubWaiter] = []
         self._waiters_pid = _pid
         self._waiters_lock = threading.Lock()
         self._closed = False
-        self._idle: list[Connection] = []
-        self._encoding = (
-            client.connection_pool.connection_kwargs.get("encoding", "utf-8")
-            if self._direct
-            else "utf-8"
-        )
-        self._idle_pid = _pid
-        self._conns: weakref.WeakSet[Connection] = weakref.WeakSet()  # for close()
         self._acquire = client.register_script(ACQUIRE_SCRIPT)
         self._renew = client.register_script(RENEW_SCRIPT)
         self._release = client.register_script(RELEASE_SCRIPT)
@@ -390,14 +492,17 @@ class RedisStore(LeaseStore):
         self._holder = client.register_script(HOLDER_SCRIPT)
         self._register = client.register_script(REGISTER_SCRIPT)
         self._unregister = client.register_script(UNREGISTER_SCRIPT)
-        self._scripts = (
-            self._acquire,
-            self._renew,
-            self._release,
-            self._break,
-            self._holder,
-            self._register,
-            self._unregister,
+        self._runner = _ScriptRunner(
+            client,
+            (
+                self._acquire,
+                self._renew,
+                self._release,
+                self._break,
+                self._holder,
+                self._register,
+                self._unregister,
+            ),
         )
 
     @classmethod
@@ -438,81 +543,6 @@ class RedisStore(LeaseStore):
         """The pub/sub channel where releases of ``key`` are announced."""
         return f"{self._prefix}:{{{key}}}:released"
 
-    def _checkout(self) -> Connection:
-        """An idle connection of this store (a new one when none is idle)."""
-        if self._idle_pid != _pid:  # forked: never touch the parent's sockets
-            self._idle, self._idle_pid = [], _pid
-        try:
-            return self._idle.pop()  # list.pop/append are atomic: no lock needed
-        except IndexError:
-            pool = self._client.connection_pool
-            conn: Connection = pool.connection_class(**pool.connection_kwargs)
-            self._conns.add(conn)
-            return conn
-
-    def _load_scripts(self, conn: Connection) -> None:
-        """Load every script in one round trip (a new or restarted server knows none)."""
-        scripts = self._scripts
-        conn.send_packed_command(  # type: ignore[no-untyped-call]
-            [c for s in scripts for c in conn.pack_command("SCRIPT", "LOAD", s.script)]  # type: ignore[no-untyped-call]
-        )
-        for s in scripts:
-            s.sha = _text(conn.read_response())
-
-    def _pack(self, script: Script, numkeys: int, args: tuple[str | int, ...]) -> bytes:
-        """EVALSHA in RESP, packed here: redis-py's general packer costs microseconds."""
-        enc = self._encoding
-        out = [b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n" % (len(args) + 3, script.sha.encode())]
-        out.append(b"$%d\r\n%d\r\n" % (len(str(numkeys)), numkeys))
-        for arg in args:
-            data = arg.encode(enc) if type(arg) is str else str(arg).encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        return b"".join(out)
-
-    def _eval(self, script: Script, numkeys: int, *keys_and_args: str | int) -> Any:
-        """EVALSHA, loading the script once if the server does not know it (e.g. restarted).
-
-        Runs on the store's own small set of connections: checking one out of
-        redis-py's pool and back costs more than the round trip itself. A broken
-        connection is dropped and the call retried once on a new one (a server restart
-        leaves every idle connection dead), as redis-py's own single retry does.
-        """
-        if not self._direct:
-            try:
-                return self._client.evalsha(script.sha, numkeys, *keys_and_args)
-            except NoScriptError:
-                script.sha = self._client.script_load(script.script)
-                return self._client.evalsha(script.sha, numkeys, *keys_and_args)
-        for attempt in (0, 1):
-            conn = self._checkout()
-            try:
-                try:
-                    conn.send_packed_command([self._pack(script, numkeys, keys_and_args)], False)  # type: ignore[no-untyped-call]
-                    reply = conn.read_response()
-                except NoScriptError:
-                    self._load_scripts(conn)
-                    conn.send_packed_command([self._pack(script, numkeys, keys_and_args)], False)  # type: ignore[no-untyped-call]
-                    reply = conn.read_response()
-            except redis.ResponseError:
-                self._idle.append(conn)  # the error reply was read: still in step
-                raise
-            except redis.ConnectionError:
-                conn.disconnect()  # type: ignore[no-untyped-call]
-                if attempt:
-                    raise
-                continue
-            except BaseException:
-                # A timeout or an interrupt mid-reply leaves the connection out of step.
-                conn.disconnect()  # type: ignore[no-untyped-call]
-                raise
-            self._idle.append(conn)
-            return reply
-        raise AssertionError("unreachable")
-
-    def _unavailable(self, key: str | None, exc: BaseException) -> StoreUnavailable:
-        what = f"key {key!r}" if key is not None else "holders"
-        return StoreUnavailable(f"redis unreachable for {what}: {exc}", key=key)
-
     def try_acquire(self, key: str, owner: str, ttl: float) -> AcquireResult:
         prefix = f"{self._prefix}:{{{key}}}:"
         # A thread that is waiting for this key (see release_waiter) acquires as that
@@ -520,8 +550,8 @@ class RedisStore(LeaseStore):
         waiting: dict[str, _PubSubWaiter] | None = getattr(self._waiting, "by_key", None)
         waiter = waiting.get(key) if waiting else None
         wid, place = (waiter.id, waiter.place) if waiter is not None else ("", "")
-        try:
-            reply = self._eval(
+        with _as_store_unavailable(key):
+            reply = self._runner.evalsha(
                 self._acquire,
                 4,
                 prefix + "lease",
@@ -533,8 +563,6 @@ class RedisStore(LeaseStore):
                 wid,
                 place,
             )
-        except _ERRORS as exc:
-            raise self._unavailable(key, exc) from exc
         if type(reply) is int:
             if waiter is not None and waiting is not None:
                 waiter.queued = False  # the script took it out of the queue
@@ -545,18 +573,16 @@ class RedisStore(LeaseStore):
         return AcquireResult(False, holder=_holder(key, reply))
 
     def renew(self, key: str, owner: str, fence: int, ttl: float) -> bool:
-        try:
-            reply = self._eval(
+        with _as_store_unavailable(key):
+            reply = self._runner.evalsha(
                 self._renew, 1, self.lease_key(key), f"{fence}:{owner}", int(ttl * 1000) or 1
             )
-        except _ERRORS as exc:
-            raise self._unavailable(key, exc) from exc
         return bool(reply == 1)
 
     def release(self, key: str, owner: str, fence: int) -> bool:
         prefix = f"{self._prefix}:{{{key}}}:"
-        try:
-            reply = self._eval(
+        with _as_store_unavailable(key):
+            reply = self._runner.evalsha(
                 self._release,
                 3,
                 prefix + "lease",
@@ -567,15 +593,11 @@ class RedisStore(LeaseStore):
                 HANDOVER_MS,
                 self._after_us,
             )
-        except _ERRORS as exc:
-            raise self._unavailable(key, exc) from exc
         return bool(reply == 1)
 
     def holder(self, key: str) -> Holder | None:
-        try:
-            reply = self._eval(self._holder, 1, self.lease_key(key))
-        except _ERRORS as exc:
-            raise self._unavailable(key, exc) from exc
+        with _as_store_unavailable(key):
+            reply = self._runner.evalsha(self._holder, 1, self.lease_key(key))
         if reply is None:
             return None
         found = _holder(key, reply)
@@ -585,19 +607,17 @@ class RedisStore(LeaseStore):
         pattern = _glob_escape(f"{self._prefix}:{{") + "*}:lease"
         head = len(self._prefix) + 2
         found: list[Holder] = []
-        try:
+        with _as_store_unavailable(None):
             names = sorted({_text(n) for n in self._client.scan_iter(match=pattern, count=500)})
-            for name in names:
-                h = self.holder(name[head : -len("}:lease")])
-                if h is not None:
-                    found.append(h)
-        except _ERRORS as exc:
-            raise self._unavailable(None, exc) from exc
+        for name in names:
+            h = self.holder(name[head : -len("}:lease")])
+            if h is not None:
+                found.append(h)
         return found
 
     def break_lease(self, key: str) -> int:
-        try:
-            reply = self._eval(
+        with _as_store_unavailable(key):
+            reply = self._runner.evalsha(
                 self._break,
                 4,
                 self.lease_key(key),
@@ -608,8 +628,6 @@ class RedisStore(LeaseStore):
                 HANDOVER_MS,
                 self._after_us,
             )
-        except _ERRORS as exc:
-            raise self._unavailable(key, exc) from exc
         return int(reply)
 
     def release_waiter(self, key: str) -> ReleaseWaiter:
@@ -625,10 +643,12 @@ class RedisStore(LeaseStore):
             found = None
         waiter = found or _PubSubWaiter(self, key)
         try:
-            waiter.place = _text(self._eval(self._register, 1, self.queue_key(key), waiter.id))
-        except _ERRORS as exc:
+            with _as_store_unavailable(key):
+                place = self._runner.evalsha(self._register, 1, self.queue_key(key), waiter.id)
+        except StoreUnavailable:
             waiter.discard()
-            raise self._unavailable(key, exc) from exc
+            raise
+        waiter.place = _text(place)
         waiter.queued = True
         waiter.told = waiter.lost = False
         by_key: dict[str, _PubSubWaiter] | None = getattr(self._waiting, "by_key", None)
@@ -647,7 +667,7 @@ class RedisStore(LeaseStore):
             # It gave up (or failed): leave the queue, pass on anything reserved for it.
             waiter.queued = False
             try:
-                self._eval(
+                self._runner.evalsha(
                     self._unregister,
                     3,
                     self.lease_key(waiter.key),
@@ -675,12 +695,7 @@ class RedisStore(LeaseStore):
             self._closed = True
         for waiter in waiters:
             waiter.discard()
-        conns = list(self._conns)
-        self._idle.clear()
-        self._conns.clear()
-        for conn in conns:
-            with contextlib.suppress(*_ERRORS):
-                conn.disconnect()  # type: ignore[no-untyped-call]
+        self._runner.close()
         self._client.close()
 
     def __repr__(self) -> str:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from .._backoff import full_jitter
 from .._sqlite import connect_shared
 from ..errors import StoreUnavailable
 from .base import AcquireResult, Holder, LeaseStore, PollingWaiter, ReleaseWaiter, fence_seed
@@ -29,21 +29,26 @@ CREATE TABLE IF NOT EXISTS leases (
 )
 """
 BUSY_TIMEOUT = 10.0
-# Waiters poll: a short jittered sleep keeps hand-off quick on one machine and the
-# processes out of lock-step.
-POLL_MIN = 0.002
-POLL_MAX = 0.025
+# Waiters poll: short jittered sleeps, from 2 ms up to 25 ms, keep hand-off quick on one
+# machine and the processes out of lock-step.
+POLL_BASE = 0.002
+POLL_CAP = 0.025
 # Connections inherited across fork are kept open, never closed in the child:
 # SQLite forbids using (or closing) a parent's connection in a child.
 _inherited: list[sqlite3.Connection] = []
 
 
-class _JitteredPoller(PollingWaiter):
-    """Sleeps a short jittered slice of the timeout; SQLite has no release notices."""
+class _BackoffPoller(PollingWaiter):
+    """Sleeps a short backoff slice of the timeout; SQLite has no release notices."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._polls = 0
 
     def wait(self, timeout: float) -> bool:
         if timeout > 0:
-            time.sleep(min(timeout, random.uniform(POLL_MIN, POLL_MAX)))
+            time.sleep(min(timeout, full_jitter(POLL_BASE, POLL_CAP, self._polls)))
+            self._polls += 1
         return False
 
 
@@ -210,7 +215,7 @@ class SQLiteStore(LeaseStore):
         return fence
 
     def release_waiter(self, key: str) -> ReleaseWaiter:
-        return _JitteredPoller()
+        return _BackoffPoller()
 
     def close(self) -> None:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
