@@ -812,7 +812,7 @@ def _replay(
         cfg = WorkerConfig(**{**base.__dict__, "mode": mode, "role": role})
         logs[role] = open(Path(base.dir) / f"{mode}-{role}.log", "wb")  # noqa: SIM115
         procs[role] = subprocess.Popen(
-            [sys.executable, "-m", "processor_guard.demo", "worker", json.dumps(cfg.__dict__)],
+            [sys.executable, "-m", "processor_guard.demo.runner", "worker", json.dumps(cfg.__dict__)],
             stdout=logs[role],
             stderr=subprocess.STDOUT,
             env=env,
