@@ -11,7 +11,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .completion.health import find_duplicates
     from .completion.tracker import CompletionState, CompletionTracker, ReconcileReport
     from .errors import (
         ConfigError,
@@ -20,6 +19,7 @@ if TYPE_CHECKING:
         LeaseLost,
         LockBusy,
         MergeFailed,
+        MissingDependency,
         StaleFence,
         StoreUnavailable,
     )
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         open_store,
     )
     from .writes.dedup import TABLES, DedupReport, TableSpec, dedupe_rows
+    from .writes.inspect import find_duplicates
     from .writes.merge import MergeResult, safe_merge
 
 __version__ = "0.1.0"
@@ -61,6 +62,7 @@ _EXPORTS = {
     "InvalidRows": "errors",
     "StaleFence": "errors",
     "MergeFailed": "errors",
+    "MissingDependency": "errors",
     # dedup
     "dedupe_rows": "writes.dedup",
     "DedupReport": "writes.dedup",
@@ -93,6 +95,7 @@ __all__ = [
     "MemoryStore",
     "MergeFailed",
     "MergeResult",
+    "MissingDependency",
     "ReconcileReport",
     "RedisStore",
     "SQLiteStore",

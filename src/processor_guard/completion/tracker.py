@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from .._docapi import delete_field, server_timestamp
 from ..dates import UTC, parse_game_date, parse_instant
 from ..errors import ConfigError, GuardError, StoreUnavailable
 from ..leases import default_owner
@@ -899,15 +900,11 @@ class CompletionTracker:
 
 
 def _server_timestamp() -> Any:
-    from google.cloud import firestore
-
-    return firestore.SERVER_TIMESTAMP
+    return server_timestamp()
 
 
 def _delete_field() -> Any:
-    from google.cloud import firestore
-
-    return firestore.DELETE_FIELD
+    return delete_field()
 
 
 def _is_delete(value: Any) -> bool:
@@ -915,9 +912,7 @@ def _is_delete(value: Any) -> bool:
 
 
 def _resolve_sentinels(value: Any, when: Any) -> Any:
-    from google.cloud import firestore
-
-    if value is firestore.SERVER_TIMESTAMP:
+    if value is server_timestamp():
         return when
     if isinstance(value, dict):
         return {k: _resolve_sentinels(v, when) for k, v in value.items()}
