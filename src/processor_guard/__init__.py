@@ -123,4 +123,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+    # Only the public API: not the helpers this module imports for its lazy loading.
+    return sorted([*__all__, "__version__"])
