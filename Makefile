@@ -8,6 +8,17 @@ VENV := .venv
 BQVENV := .venv-bq
 BIN := $(VENV)/bin
 PIP_FLAGS := --disable-pip-version-check
+# A virtualenv made --without-pip, installed into by the interpreter's own pip, skips
+# ensurepip (which copies and byte-compiles pip into every virtualenv: over half of a
+# fresh `make demo` here). Without a usable pip (>= 22.3) on $(PYTHON), the usual way.
+HOST_PIP := $(shell $(PYTHON) -m pip --python $(PYTHON) --version >/dev/null 2>&1 && echo yes)
+ifeq ($(HOST_PIP),yes)
+VENV_ARGS := --without-pip
+PIP := $(PYTHON) -m pip --python $(BIN)/python
+else
+VENV_ARGS :=
+PIP := $(BIN)/python -m pip
+endif
 # The other supported Pythons the fast part of the suite runs on (`make test
 # PYTHON_VERSIONS=` skips them). Found under pyenv, else as python3.X on PATH.
 PYTHON_VERSIONS ?= 3.10 3.12 3.13
@@ -18,18 +29,17 @@ FAST_TESTS := -m "not slow" --ignore=tests/faults -p no:cacheprovider
 
 $(BIN)/python:
 	@echo "==> creating $(VENV) with $(PYTHON)"
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV_ARGS) $(VENV)
 
 # The demo needs the package and its DuckDB extra, nothing else.
 $(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
 	@echo "==> installing processor-guard[duckdb] into $(VENV) (first run only)"
-	$(BIN)/python -m pip install $(PIP_FLAGS) --progress-bar on -e '.[duckdb]'
+	$(PIP) install $(PIP_FLAGS) --no-compile -e '.[duckdb]'
 	touch $@
 
 $(VENV)/.installed: pyproject.toml requirements-test.txt requirements-dev.txt | $(BIN)/python
 	@echo "==> installing processor-guard[all] and the dev tools into $(VENV) (first run only)"
-	$(BIN)/python -m pip install -q $(PIP_FLAGS) --upgrade pip
-	$(BIN)/python -m pip install -q $(PIP_FLAGS) -e '.[all]' -r requirements-dev.txt
+	$(PIP) install -q $(PIP_FLAGS) -e '.[all]' -r requirements-dev.txt
 	touch $@ $(VENV)/.demo-installed
 
 # bqemulator is large and pins its own DuckDB, so it gets a virtualenv of its own;
@@ -70,8 +80,8 @@ define python_version
 		exit 1; \
 	fi; \
 	echo "==> creating .venv-py$(1) with $$$$py"; \
-	$$$$py -m venv .venv-py$(1) && \
-	.venv-py$(1)/bin/python -m pip install -q $(PIP_FLAGS) -e '.[all]' -r requirements-test.txt
+	$$$$py -m venv --without-pip .venv-py$(1) && \
+	$$$$py -m pip --python .venv-py$(1)/bin/python install -q $(PIP_FLAGS) -e '.[all]' -r requirements-test.txt
 	touch $$@
 
 pytest-py$(1): .venv-py$(1)/.installed $(BQVENV)/.installed
