@@ -461,7 +461,7 @@ def _outcome(rows: list[dict[str, Any]], keys: tuple[str, ...], keep: str) -> An
 def test_property_runs_and_interleaved_layouts_agree(rows: list[dict[str, Any]], keep: str) -> None:
     from unittest import mock
 
-    from processor_guard import dedup
+    from processor_guard.writes import dedup
 
     with mock.patch.object(dedup, "_in_runs", return_value=True):
         by_date = _outcome(rows, KEYS, keep)
