@@ -282,7 +282,8 @@ def _tracker(
 def _console() -> Any:
     from rich.console import Console
 
-    return Console(width=120) if not sys.stdout.isatty() else Console()
+    width = None if sys.stdout.isatty() else 120
+    return Console(width=width, highlight=False)
 
 
 def completion_options(func: F) -> F:

@@ -62,3 +62,16 @@ def test_the_timeline_marks_every_lost_update(tmp_path: Path) -> None:
     writes = [ev for ev in events if ev["event"] == "completion"]
     assert [ev["count"] for ev in writes] == [1, 1, 2, 2, 2, 3, 3]
     assert sum(ev["lost"] for ev in writes) == COMPLETION_MESSAGES - 3
+
+
+def test_timeline_lines_are_not_highlighted() -> None:
+    """Only the demo's own markup is coloured: no highlighter on numbers or paths."""
+    import io
+
+    from processor_guard.demo.runner import _describe, demo_console
+
+    out = io.StringIO()
+    console = demo_console(file=out, force_terminal=True, width=80, color_system="truecolor")
+    line = _describe({"event": "running", "table": "player_game_summary", "rows": 70, "games": 2})
+    console.print(f"  {0.0:6.2f}s  demo       {line} /tmp/x.duckdb")
+    assert "\x1b" not in out.getvalue()

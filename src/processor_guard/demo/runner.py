@@ -1195,6 +1195,14 @@ def _preflight(store_url: str, warehouse: str | None) -> None:
         store.close()
 
 
+def demo_console(**options: Any) -> Any:
+    """The demo's rich console: markup for its own colours, no automatic highlighting
+    (which would colour fragments such as the ``0.`` of ``0.00s``)."""
+    from rich.console import Console
+
+    return Console(highlight=False, **options)
+
+
 def run_demo(
     directory: str | Path | None = None,
     *,
@@ -1209,7 +1217,6 @@ def run_demo(
     The working folder is ``directory`` (kept, with ``summary.json``) or a new
     temporary folder, removed at the end unless ``keep``.
     """
-    from rich.console import Console
 
     if on_busy not in ("wait", "refuse"):
         raise ConfigError(f"on_busy must be 'wait' or 'refuse', got {on_busy!r}")
@@ -1220,7 +1227,7 @@ def run_demo(
         )
     if warehouse is not None:
         WarehouseTarget.parse(warehouse)
-    console = console or Console(highlight=False)
+    console = console or demo_console()
     if directory is not None:
         folder = Path(directory)
         if folder.exists() and not folder.is_dir():
