@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -336,6 +337,9 @@ def _exit_code_help() -> str:
 @click.version_option(package_name="processor-guard", prog_name="processor-guard")
 def main(verbose: bool) -> None:
     """Keep data-pipeline processors from corrupting output: inspect and repair."""
+    # google-api-core warns on every start under Python versions it plans to drop; on a
+    # command line that is noise around the one line an error is meant to be.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.api_core\.")
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
