@@ -75,3 +75,35 @@ def test_timeline_lines_are_not_highlighted() -> None:
     line = _describe({"event": "running", "table": "player_game_summary", "rows": 70, "games": 2})
     console.print(f"  {0.0:6.2f}s  demo       {line} /tmp/x.duckdb")
     assert "\x1b" not in out.getvalue()
+
+
+def test_a_second_instance_that_never_ran_is_not_reported_as_running() -> None:
+    from processor_guard.demo.runner import RunResult, _second_instance
+
+    started = [{"who": "instance-2", "event": "ready"}]
+    failed = [*started, {"who": "instance-2", "event": "error", "error": "StoreUnavailable: x"}]
+    merged = [*started, {"who": "instance-2", "event": "merged"}]
+    for mode in ("unguarded", "guarded"):
+        assert _second_instance(mode, started, RunResult(mode)) == "did not run"
+        assert _second_instance(mode, failed, RunResult(mode)) == "failed: StoreUnavailable: x"
+    assert _second_instance("unguarded", merged, RunResult("unguarded")) == "ran alongside"
+    waited = RunResult("guarded", second_instance_waited=1.5)
+    assert _second_instance("guarded", merged, waited) == "waited 1.50s"
+
+
+def test_a_replay_that_is_not_clean_says_why() -> None:
+    from processor_guard.demo.runner import RunResult
+
+    result = RunResult(
+        "guarded",
+        player_rows=348,
+        unique_keys=348,
+        completion_count=5,
+        triggers=1,
+        errors=["instance-2: StoreUnavailable: redis down"],
+        exit_codes={"instance-1": 0, "instance-2": 1, "others": 0},
+    )
+    assert result.problems() == ["instance-2: StoreUnavailable: redis down"]
+    assert result.clean is False
+    assert RunResult("guarded", player_rows=348, unique_keys=348, completion_count=5,
+                     triggers=1).clean is True
