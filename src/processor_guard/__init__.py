@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         LeaseLost,
         LockBusy,
         MergeFailed,
+        MissingDependency,
         StaleFence,
         StoreUnavailable,
     )
@@ -63,6 +64,7 @@ _EXPORTS = {
     "InvalidRows": "errors",
     "StaleFence": "errors",
     "MergeFailed": "errors",
+    "MissingDependency": "errors",
     # dedup
     "dedupe_rows": "writes.dedup",
     "DedupReport": "writes.dedup",
@@ -95,6 +97,7 @@ __all__ = [
     "MemoryStore",
     "MergeFailed",
     "MergeResult",
+    "MissingDependency",
     "ReconcileReport",
     "RedisStore",
     "SQLiteStore",
@@ -122,4 +125,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+    # Only the public API: not the helpers this module imports for its lazy loading.
+    return sorted([*__all__, "__version__"])

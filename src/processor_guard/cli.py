@@ -1,15 +1,13 @@
-"""The ``processor-guard`` command: health, reconcile, locks (and the demo).
+"""The ``processor-guard`` command: health, reconcile, locks and the demo.
 
-Exit codes: ``health`` 0 ok, 1 warning, 2 critical; ``reconcile`` 0 nothing wrong (or
-everything repaired), 1 problems found or left; ``locks`` 0. Any command that cannot
-run (bad date, unknown table, unreachable store) prints one line on stderr and
-exits 3.
+Every command shares one error format (``processor-guard: error: ...``, one line on
+stderr, never a traceback for an expected failure) and one table of exit codes,
+:data:`EXIT_CODES`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import getpass
 import importlib
 import json
@@ -17,9 +15,10 @@ import logging
 import os
 import socket
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import click
@@ -33,7 +32,21 @@ log = logging.getLogger("processor_guard.cli")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_ERROR = 3
+EXIT_OK = 0
+EXIT_WARNING = 1
+EXIT_CRITICAL = 2
+EXIT_COULD_NOT_RUN = 3
+EXIT_USAGE = 4
+EXIT_INTERRUPTED = 130
+#: What each exit code means, for every command (shown by ``--help``).
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "ok (locks show: the key is held)",
+    EXIT_WARNING: "warning, problems found, demo not clean, locks show: key free",
+    EXIT_CRITICAL: "critical (health)",
+    EXIT_COULD_NOT_RUN: "could not run: unreachable store or warehouse, missing extra",
+    EXIT_USAGE: "usage error: bad option, date, URL, path or table name",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
 WAREHOUSE_ENV = "PROCESSOR_GUARD_WAREHOUSE"
 COMPLETION_ENV = "PROCESSOR_GUARD_COMPLETION"
 PUBLISHER_ENV = "PROCESSOR_GUARD_PUBLISHER"
@@ -54,7 +67,8 @@ LAZY_COMMANDS: dict[str, str] = {
 
 
 class _Group(click.Group):
-    """A click group that also serves the commands named in LAZY_COMMANDS."""
+    """The top-level group: serves LAZY_COMMANDS and maps every failure to one line
+    and one exit code, whichever command raised it."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
@@ -72,40 +86,68 @@ class _Group(click.Group):
             raise click.ClickException(f"{LAZY_COMMANDS[cmd_name]} is not a click command")
         return loaded
 
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            result = super().main(
+                args, prog_name or "processor-guard", complete_var, False, **extra
+            )
+        except click.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+            _fail(exc.format_message() + hint, EXIT_USAGE)
+        except click.ClickException as exc:
+            _fail(exc.format_message(), EXIT_COULD_NOT_RUN)
+        except click.Abort:
+            _fail("interrupted", EXIT_INTERRUPTED)
+        except Exception as exc:
+            failure = classify_failure(exc)
+            if failure is None:
+                raise
+            _fail(*failure)
+        if not standalone_mode:
+            return result
+        sys.exit(result if isinstance(result, int) else EXIT_OK)
+
 
 # ---------------------------------------------------------------------- error handling
 
 
-def _fail(message: str) -> None:
-    click.echo(f"processor-guard: error: {message}", err=True)
-    sys.exit(EXIT_ERROR)
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"processor-guard: error: {_one_line(message)}", err=True)
+    sys.exit(code)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+def _one_line(text: str) -> str:
+    text = " ".join(text.split())
     return text if len(text) <= 400 else text[:397] + "..."
 
 
-def _errors_to_one_line(func: F) -> F:
-    """Turn expected failures into one line on stderr and exit 3 (no traceback)."""
+def classify_failure(exc: BaseException) -> tuple[str, int] | None:
+    """(message, exit code) for an expected failure; None for a bug (keep the traceback)."""
+    from ._extras import extra_for
+    from .errors import MissingDependency
 
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (GuardError, ValueError, OSError) as exc:
-            _fail(_one_line(exc))
-        except Exception as exc:
-            if _is_service_error(exc):
-                _fail(f"{type(exc).__name__}: {_one_line(exc)}")
-            raise
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _is_service_error(exc: BaseException) -> bool:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, MissingDependency):
+        return text, EXIT_COULD_NOT_RUN
+    if isinstance(exc, ModuleNotFoundError):
+        extra = extra_for(exc.name)
+        install = f"pip install 'processor-guard[{extra}]'" if extra else "install it"
+        return f"{text}: {install}", EXIT_COULD_NOT_RUN
+    if isinstance(exc, (ConfigError, ValueError)):
+        return text, EXIT_USAGE
+    if isinstance(exc, (GuardError, OSError)):
+        return text, EXIT_COULD_NOT_RUN
     module = type(exc).__module__
-    return module.startswith(("google.", "redis", "duckdb", "_duckdb", "grpc"))
+    if module.startswith(("google.", "redis", "duckdb", "_duckdb", "grpc")):
+        return f"{type(exc).__name__}: {text}", EXIT_COULD_NOT_RUN
+    return None
 
 
 # ---------------------------------------------------------------------- helpers
@@ -131,23 +173,41 @@ def _names(value: str | None, option: str) -> tuple[str, ...]:
 def completion_client(url: str) -> Any:
     """``firestore://PROJECT`` (or a bare project id) or ``sqlite:///path`` (local docstore)."""
     if "://" not in url:
-        url = f"firestore://{url}"
+        if "/" in url or url.endswith(".db"):
+            raise ConfigError(
+                f"--completion {url!r} looks like a file path: a local completion store is "
+                f"sqlite://{url if url.startswith('/') else '/' + url}"
+                " (a bare value is read as a Firestore project id)"
+            )
+        return _firestore_client(url)
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         if not parts.path or parts.path == "/":
-            raise ConfigError(f"bad completion URL {url!r}: sqlite needs a file path")
-        if not Path(parts.path).is_file():
-            raise ConfigError(f"completion file {parts.path!r} does not exist")
+            raise ConfigError(f"--completion {url!r}: sqlite needs a file path")
+        path = Path(parts.path)
+        if path.is_dir():
+            raise ConfigError(
+                f"--completion {url!r}: {str(path)!r} is a directory, not a completion file"
+            )
+        if not path.is_file():
+            raise ConfigError(f"--completion {url!r}: file {str(path)!r} does not exist")
         from .completion.docstore import SQLiteDocumentClient
 
         return SQLiteDocumentClient(parts.path)
     if parts.scheme == "firestore" and parts.netloc:
+        return _firestore_client(parts.netloc)
+    raise ConfigError(
+        f"--completion {url!r}: expected firestore://PROJECT, a project id or sqlite:///path"
+    )
+
+
+def _firestore_client(project: str) -> Any:
+    from ._extras import needs_extra
+
+    with needs_extra("firestore", "--completion firestore://"):
         from google.cloud import firestore
 
-        return firestore.Client(project=parts.netloc)
-    raise ConfigError(
-        f"bad completion URL {url!r}: expected firestore://PROJECT, a project id or sqlite:///path"
-    )
+    return firestore.Client(project=project)
 
 
 def publisher(spec: str) -> Callable[[str, Any], str]:
@@ -224,7 +284,8 @@ def _tracker(
 def _console() -> Any:
     from rich.console import Console
 
-    return Console(width=120) if not sys.stdout.isatty() else Console()
+    width = None if sys.stdout.isatty() else 120
+    return Console(width=width, highlight=False)
 
 
 def completion_options(func: F) -> F:
@@ -263,11 +324,23 @@ def completion_options(func: F) -> F:
 # ---------------------------------------------------------------------- commands
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+def _exit_code_help() -> str:
+    lines = [f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items()]
+    return "\b\nExit codes (every command):\n" + "\n".join(lines)
+
+
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=_exit_code_help(),
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log at INFO level on stderr.")
 @click.version_option(package_name="processor-guard", prog_name="processor-guard")
 def main(verbose: bool) -> None:
     """Keep data-pipeline processors from corrupting output: inspect and repair."""
+    # google-api-core warns on every start under Python versions it plans to drop; on a
+    # command line that is noise around the one line an error is meant to be.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.api_core\.")
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -294,7 +367,6 @@ def main(verbose: bool) -> None:
     show_default=True,
     help="Lateness alert.",
 )
-@_errors_to_one_line
 def health(
     game_date: str,
     as_json: bool,
@@ -311,8 +383,8 @@ def health(
 ) -> None:
     """Duplicates, completion accuracy, trigger delay and scraper lateness for a date.
 
-    Exit 0 ok, 1 warning, 2 critical (3: could not run). Signals without data are
-    shown as unknown.
+    Exit 0 ok, 1 warning, 2 critical (3 could not run, 4 usage error). Signals without
+    data are shown as unknown.
     """
     from .completion.health import Thresholds, run_health
     from .tables import resolve_table
@@ -367,7 +439,6 @@ def health(
     help="How --fix publishes a trigger: file:///path.jsonl, python:module:function or "
     f"pubsub://projects/P/topics/T [env {PUBLISHER_ENV}].",
 )
-@_errors_to_one_line
 def reconcile(
     game_date: str,
     fix: bool,
@@ -384,7 +455,7 @@ def reconcile(
 
     --fix records processors whose data exists, recomputes the count and publishes a
     due trigger for real (never marks it triggered without publishing). Exit 0 when
-    nothing is (left) wrong, 1 otherwise.
+    nothing is (left) wrong, 1 otherwise (3 could not run, 4 usage error).
     """
     from .writes.inspect import open_warehouse
 
@@ -450,15 +521,20 @@ def _open_store(url: str | None) -> Any:
 
 
 def _holder_dict(h: Any) -> dict[str, Any]:
-    return {"key": h.key, "owner": h.owner, "fence": h.fence, "remaining": h.remaining}
+    """One lease as JSON: the same keys and rounding from every store."""
+    remaining = None if h.remaining is None else round(float(h.remaining), 3)
+    return {"key": h.key, "held": True, "owner": h.owner, "fence": h.fence, "remaining": remaining}
 
 
 @locks.command("list")
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
-@_errors_to_one_line
 def locks_list(store: str | None, as_json: bool) -> None:
-    """Every live lease: key, owner, fence, seconds left."""
+    """Every live lease: key, owner, fence, seconds left.
+
+    JSON: a list of {"key", "held": true, "owner", "fence", "remaining"} (seconds, 3
+    decimals, null if unknown), sorted by key.
+    """
     lease_store = _open_store(store)
     try:
         holders = sorted(lease_store.holders(), key=lambda h: h.key)
@@ -485,21 +561,26 @@ def locks_list(store: str | None, as_json: bool) -> None:
 @click.argument("key")
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
-@_errors_to_one_line
 def locks_show(key: str, store: str | None, as_json: bool) -> None:
-    """Who holds KEY (e.g. player_game_summary:2026-02-03), or that it is free."""
+    """Who holds KEY (e.g. player_game_summary:2026-02-03): exit 0 if held, 1 if free.
+
+    JSON: {"key", "held": true, "owner", "fence", "remaining"} (seconds, 3 decimals,
+    null if unknown), or {"key", "held": false} for a free key.
+    """
     lease_store = _open_store(store)
     try:
         holder = lease_store.holder(key)
     finally:
         lease_store.close()
     if as_json:
-        click.echo(json.dumps(None if holder is None else _holder_dict(holder), indent=2))
+        data = {"key": key, "held": False} if holder is None else _holder_dict(holder)
+        click.echo(json.dumps(data, indent=2))
     elif holder is None:
-        click.echo(f"{key}: free")
+        click.echo(f"{key}: free (no live lease)")
     else:
         left = "unknown" if holder.remaining is None else f"{holder.remaining:.1f}s"
         click.echo(f"{key}: held by {holder.owner} (fence {holder.fence}, {left} left)")
+    sys.exit(EXIT_OK if holder is not None else EXIT_WARNING)
 
 
 @locks.command("break")
@@ -507,7 +588,6 @@ def locks_show(key: str, store: str | None, as_json: bool) -> None:
 @store_option
 @click.option("--force", is_flag=True, help="Required: breaking a live lease is deliberate.")
 @click.option("--reason", default="", help="Why; written to the log line.")
-@_errors_to_one_line
 def locks_break(key: str, store: str | None, force: bool, reason: str) -> None:
     """Free KEY whoever holds it and raise its fence, so the old holder's writes are refused."""
     if not force:

@@ -12,6 +12,7 @@ __all__ = [
     "LeaseLost",
     "LockBusy",
     "MergeFailed",
+    "MissingDependency",
     "StaleFence",
     "StoreUnavailable",
 ]
@@ -23,6 +24,23 @@ class GuardError(Exception):
 
 class ConfigError(GuardError, ValueError):
     """A bad argument, URL or environment setting."""
+
+
+class MissingDependency(GuardError, ImportError):
+    """A feature needs a package from an extra that is not installed.
+
+    The message names the extra to install, e.g. ``pip install 'processor-guard[redis]'``.
+    """
+
+    def __init__(self, feature: str, package: str, extra: str) -> None:
+        self.feature = feature
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{feature} needs the {package!r} package, which is not installed: "
+            f"pip install 'processor-guard[{extra}]'",
+            name=package,
+        )
 
 
 class StoreUnavailable(GuardError):

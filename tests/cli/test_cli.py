@@ -245,20 +245,57 @@ def test_reconcile_on_firestore_emulator_subprocess(
         (["health", "--date", "yesterday"], "--date must be a date"),
         (["health", "--date", DATE, "--table", "nope"], "unknown table 'nope'"),
         (["health", "--date", DATE, "--warehouse", "duckdb:///nope/x.db"], "does not exist"),
+        (["health", "--date", DATE, "--warehouse", "duckdb:///tmp"], "'/tmp' is a directory"),
         (["health", "--date", DATE, "--warehouse", "oracle://x"], "bad warehouse URL"),
         (["health", "--date", DATE, "--scraper-expected", "6am"], "--scraper-expected"),
+        (["health", "--date", DATE, "--bogus"], "No such option '--bogus'"),
+        (["health"], "Missing option '--date'"),
         (["reconcile", "--date", DATE], "needs --warehouse"),
-        (["locks", "list", "--store", "redis://127.0.0.1:1/0"], "unreachable"),
         (["locks", "list", "--store", "nosuch://x"], "bad store URL"),
         (["locks", "list"], "no lease store"),
         (["locks", "break", "k", "--store", "memory://"], "without --force"),
+        (["demo", "--dir", "/etc/passwd"], "'/etc/passwd' is a file"),
+        (["demo", "--on-busy", "maybe"], "--on-busy"),
+        (["nosuchcommand"], "No such command 'nosuchcommand'"),
     ],
 )
-def test_errors_are_one_line_and_exit_3(args: list[str], needle: str) -> None:
+def test_usage_errors_are_one_line_and_exit_4(args: list[str], needle: str) -> None:
     env = {"PROCESSOR_GUARD_STORE": "", "PROCESSOR_GUARD_WAREHOUSE": ""}
     proc = run(*args, env=env)
-    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert proc.returncode == 4, proc.stdout + proc.stderr
     assert needle in one_line_error(proc.stderr)
+    assert proc.stdout == ""
+
+
+def test_could_not_run_is_one_line_and_exit_3() -> None:
+    proc = run("locks", "list", "--store", "redis://127.0.0.1:1/0")
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "unreachable" in one_line_error(proc.stderr)
+
+
+@pytest.mark.parametrize("typed", ["/tmp/pg/completion.db", "pg/naive-completion.db"])
+def test_a_bare_completion_path_is_named_as_typed(wh: str, typed: str) -> None:
+    proc = run("health", "--date", DATE, "--warehouse", wh, "--completion", typed)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    line = one_line_error(proc.stderr)
+    assert repr(typed) in line and "sqlite://" in line
+    assert "firestore:///" not in line
+
+
+def test_a_directory_as_completion_file_says_directory(wh: str, tmp_path: Path) -> None:
+    proc = run("health", "--date", DATE, "--warehouse", wh, "--completion", f"sqlite://{tmp_path}")
+    assert proc.returncode == 4
+    assert "is a directory" in one_line_error(proc.stderr)
+
+
+def test_help_documents_every_exit_code() -> None:
+    from processor_guard.cli import EXIT_CODES
+
+    result = CliRunner().invoke(main, ["--help"], terminal_width=80)
+    assert result.exit_code == 0
+    for code in EXIT_CODES:
+        assert f"\n    {code} " in result.output, result.output
+    assert max(len(line) for line in result.output.splitlines()) <= 80
 
 
 def test_unreachable_firestore_is_one_line(wh: str) -> None:
@@ -294,7 +331,7 @@ def test_locks_memory_store_in_process() -> None:
     refused = runner.invoke(
         main, ["locks", "break", "player_game_summary:2026-02-03", "--store", "memory://cli-test"]
     )
-    assert refused.exit_code == 3
+    assert refused.exit_code == 4
     assert store.holder("player_game_summary:2026-02-03") is not None
     broke = runner.invoke(
         main,
@@ -317,7 +354,13 @@ def test_locks_memory_store_in_process() -> None:
     nxt = store.try_acquire("player_game_summary:2026-02-03", "host-b:2", 60)
     assert nxt.fence is not None and nxt.fence > got.fence
     free = runner.invoke(main, ["locks", "show", "nothing:2026-02-03", "--store", "memory://x"])
+    assert free.exit_code == 1
     assert "free" in free.output
+    free_json = runner.invoke(
+        main, ["locks", "show", "nothing:2026-02-03", "--store", "memory://x", "--json"]
+    )
+    assert free_json.exit_code == 1
+    assert json.loads(free_json.output) == {"key": "nothing:2026-02-03", "held": False}
 
 
 def test_break_logs_who_broke_what(caplog: pytest.LogCaptureFixture) -> None:
@@ -340,6 +383,9 @@ def test_locks_sqlite_store_subprocess(tmp_path: Path) -> None:
     assert got.acquired and got.fence is not None
     listed = run("locks", "list", "--store", url)
     assert listed.returncode == 0 and "worker-1" in listed.stdout
+    (held,) = json.loads(run("locks", "list", "--store", url, "--json").stdout)
+    assert held["held"] is True and held["owner"] == "worker-1"
+    assert held["remaining"] == round(held["remaining"], 3) and 0 < held["remaining"] <= 120
     broke = run("locks", "break", "team_offense_game_summary:2026-02-03", "--force", "--store", url)
     assert broke.returncode == 0, broke.stderr
     assert "broken by" in broke.stderr  # the log line
@@ -354,7 +400,9 @@ def test_locks_redis_store_subprocess(redis_url: str) -> None:
     assert got.acquired and got.fence is not None
     shown = run("locks", "show", "player_game_summary:2026-02-03", "--json", "--store", redis_url)
     assert shown.returncode == 0, shown.stderr
-    assert json.loads(shown.stdout)["fence"] == got.fence
+    held = json.loads(shown.stdout)
+    assert held["fence"] == got.fence and held["held"] is True
+    assert held["remaining"] == round(held["remaining"], 3) and 0 < held["remaining"] <= 120
     env = {"PROCESSOR_GUARD_STORE": redis_url}
     broke = run("locks", "break", "player_game_summary:2026-02-03", "--force", env=env)
     assert broke.returncode == 0, broke.stderr

@@ -20,18 +20,21 @@ pytestmark = pytest.mark.slow
 
 
 def _cli() -> list[str]:
-    script = Path(sys.executable).with_name("processor-guard")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "processor_guard.cli"]
+    return [sys.executable, "-m", "processor_guard"]
 
 
-def _demo(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    proc = subprocess.run(
-        [*_cli(), "demo", "--dir", str(tmp_path), *args],
+def _run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*_cli(), *args],
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "COLUMNS": "120"},
+        env={**os.environ, "COLUMNS": "80", **env},
     )
+
+
+def _demo(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    proc = _run("demo", "--dir", str(tmp_path), *args)
     summary_file = tmp_path / "summary.json"
     assert summary_file.exists(), proc.stdout + proc.stderr
     return proc, json.loads(summary_file.read_text())
@@ -45,6 +48,13 @@ def _assert_incident_and_fix(summary: dict[str, Any]) -> None:
     assert bad["delete_statements"] >= 2
     assert bad["duplicates"] > 0
     assert bad["player_rows"] > ALL_ROWS
+    assert bad["second_instance"] == "ran alongside"
+    # ... and the orchestrator's lost updates: every processor finished, the stored
+    # counter says 3 of 5, and phase 4 is never triggered; health agrees.
+    assert bad["completion_count"] == 3
+    assert bad["completion_entries"] == 5
+    assert bad["triggers"] == 0
+    assert (bad["health"], bad["health_exit_code"]) == ("critical", 2)
     assert bad["clean"] is False
     # The guard: one row per player, no DELETE sent, one hand-off, 5/5, one trigger.
     assert good["player_rows"] == ALL_ROWS
@@ -56,6 +66,7 @@ def _assert_incident_and_fix(summary: dict[str, Any]) -> None:
     assert good["fences"] == sorted(good["fences"]) and len(set(good["fences"])) >= 2
     assert good["completion_count"] == 5
     assert good["triggers"] == 1
+    assert (good["health"], good["health_exit_code"]) == ("ok", 0)
     assert all(t["duplicates"] == 0 and t["rows"] > 0 for t in good["other_tables"].values())
     assert good["exit_codes"] == {"instance-1": 0, "instance-2": 0, "others": 0}
     assert good["clean"] is True
@@ -69,7 +80,50 @@ def test_demo_default_backends(tmp_path: Path) -> None:
     assert summary["store"].startswith("sqlite:///")
     # The second instance waited for the lease rather than running alongside.
     assert summary["guarded"]["second_instance_waited"] > 0
+    assert summary["guarded"]["second_instance"].startswith("waited ")
     assert summary["guarded"]["refusals"] == 0
+    # At 80 columns only lines holding a path (never cut short) are wider.
+    assert proc.stdout.count(str(tmp_path)) >= 3
+    assert max(len(line) for line in proc.stdout.splitlines() if str(tmp_path) not in line) <= 80
+
+
+def test_demo_temporary_folder_kept_and_its_commands_work_as_pasted(tmp_path: Path) -> None:
+    """--keep says where the files are, and the printed health commands run from a
+    shell without the virtualenv on PATH; their verdicts match the demo's table."""
+    proc = _run("demo", "--keep", TMPDIR=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (kept,) = tmp_path.glob("processor-guard-demo-*")
+    assert f"Files kept in {kept}" in proc.stdout
+    summary = json.loads((kept / "summary.json").read_text())
+    commands = [line.strip() for line in proc.stdout.splitlines() if " health --date " in line]
+    assert len(commands) == 2
+    for command, mode in zip(commands, ("unguarded", "guarded"), strict=True):
+        pasted = subprocess.run(
+            ["/bin/sh", "-c", command],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        )
+        assert pasted.returncode == summary[mode]["health_exit_code"], pasted.stderr
+
+
+def test_demo_removes_its_temporary_folder(tmp_path: Path) -> None:
+    proc = _run("demo", TMPDIR=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert list(tmp_path.iterdir()) == []
+    assert "temporary files removed" in proc.stdout
+
+
+def test_demo_checks_the_store_before_running_anything(tmp_path: Path) -> None:
+    proc = _run("demo", "--store", "redis://:s3cret@127.0.0.1:1/0", TMPDIR=str(tmp_path))
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("processor-guard: error: ")
+    assert "cannot be reached, so nothing was run" in lines[0]
+    assert "s3cret" not in proc.stdout + proc.stderr
+    assert "unguarded" not in proc.stdout  # no replay started
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.redis
@@ -89,7 +143,7 @@ def test_demo_rejects_a_bad_store_url_in_one_line(tmp_path: Path, url: str) -> N
         text=True,
         timeout=60,
     )
-    assert proc.returncode != 0
+    assert proc.returncode == 4, proc.stderr
     assert "Traceback" not in proc.stderr
     assert url in proc.stderr
     assert not (tmp_path / "summary.json").exists()

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from google.api_core import exceptions as gexc
-
+from .._docapi import already_exists, delete_field, failed_precondition, not_found, server_timestamp
 from .._sqlite import connect_shared
 from ..errors import ConfigError
 
@@ -44,12 +43,10 @@ def _us(value: dt.datetime) -> int:
 
 
 def _resolve(value: Any, now: dt.datetime) -> Any:
-    from google.cloud import firestore
-
-    if value is firestore.SERVER_TIMESTAMP:
+    if value is server_timestamp():
         return now
     if isinstance(value, dict):
-        return {k: _resolve(v, now) for k, v in value.items() if v is not firestore.DELETE_FIELD}
+        return {k: _resolve(v, now) for k, v in value.items() if v is not delete_field()}
     if isinstance(value, list):
         return [_resolve(v, now) for v in value]
     return value
@@ -131,7 +128,7 @@ class DocumentReference:
     def create(self, document_data: dict[str, Any], *args: Any, **kwargs: Any) -> WriteResult:
         with self._client._tx(write=True) as (db, now_us):
             if db.execute("SELECT 1 FROM docs WHERE path = ?", (self.path,)).fetchone():
-                raise gexc.AlreadyExists(f"Document already exists: {self.path}")  # type: ignore[no-untyped-call]
+                raise already_exists(f"Document already exists: {self.path}")
             data = _resolve(dict(document_data), _utc(now_us))
             db.execute(
                 "INSERT INTO docs (path, data, update_us) VALUES (?, ?, ?)",
@@ -151,16 +148,14 @@ class DocumentReference:
     def update(
         self, field_updates: dict[str, Any], option: _Precondition | None = None, **kwargs: Any
     ) -> WriteResult:
-        from google.cloud import firestore
-
         with self._client._tx(write=True) as (db, now_us):
             row = db.execute(
                 "SELECT data, update_us FROM docs WHERE path = ?", (self.path,)
             ).fetchone()
             if row is None:
-                raise gexc.NotFound(f"No document to update: {self.path}")  # type: ignore[no-untyped-call]
+                raise not_found(f"No document to update: {self.path}")
             if option is not None and _us(option.last_update_time) != row[1]:
-                raise gexc.FailedPrecondition(f"update_time precondition failed: {self.path}")  # type: ignore[no-untyped-call]
+                raise failed_precondition(f"update_time precondition failed: {self.path}")
             data: dict[str, Any] = pickle.loads(row[0])
             now = _utc(now_us)
             for field_path, value in field_updates.items():
@@ -171,7 +166,7 @@ class DocumentReference:
                     if not isinstance(nxt, dict):
                         nxt = target[name] = {}
                     target = nxt
-                if value is firestore.DELETE_FIELD:
+                if value is delete_field():
                     target.pop(leaf, None)
                 else:
                     target[leaf] = _resolve(value, now)

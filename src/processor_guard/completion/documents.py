@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .._docapi import delete_field, server_timestamp
 from ..errors import StoreUnavailable
 
 __all__ = [
@@ -26,29 +27,11 @@ __all__ = [
     "Mutation",
     "Plan",
     "as_datetime",
-    "delete_field",
-    "server_timestamp",
 ]
 
 
-def server_timestamp() -> Any:
-    """Firestore's marker for a field that takes the write's server time."""
-    from google.cloud import firestore
-
-    return firestore.SERVER_TIMESTAMP
-
-
-def delete_field() -> Any:
-    """Firestore's marker for a field that the write removes."""
-    from google.cloud import firestore
-
-    return firestore.DELETE_FIELD
-
-
 def _resolve_sentinels(value: Any, when: Any) -> Any:
-    from google.cloud import firestore
-
-    if value is firestore.SERVER_TIMESTAMP:
+    if value is server_timestamp():
         return when
     if isinstance(value, dict):
         return {k: _resolve_sentinels(v, when) for k, v in value.items()}

@@ -12,10 +12,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._docapi import server_timestamp
 from ..errors import ConfigError
 from ..tables import TABLES, TableSpec
 from ..writes.inspect import count_rows, find_duplicates
-from .documents import DocumentCollection, Plan, server_timestamp
+from .documents import DocumentCollection, Plan
 from .state import CompletionState, PhaseRules
 
 __all__ = ["ReconcileReport", "TableCheck", "reconcile_date"]

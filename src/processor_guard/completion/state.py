@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .documents import as_datetime, server_timestamp
+from .._docapi import server_timestamp
+from .documents import as_datetime
 
 __all__ = ["CompletionState", "PhaseRules", "TriggerRule"]
 

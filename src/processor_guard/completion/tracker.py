@@ -17,11 +17,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
+from .._docapi import delete_field, server_timestamp
 from ..dates import parse_game_date
 from ..errors import ConfigError, GuardError
 from ..leases import default_owner
 from ..tables import TableSpec
-from .documents import DocumentCollection, Plan, as_datetime, delete_field, server_timestamp
+from .documents import DocumentCollection, Plan, as_datetime
 from .reconcile import ReconcileReport, reconcile_date
 from .state import CompletionState, PhaseRules, TriggerRule
 

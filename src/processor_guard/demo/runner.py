@@ -30,6 +30,8 @@ import contextlib
 import datetime as dt
 import json
 import os
+import shlex
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -45,7 +47,8 @@ from urllib.parse import parse_qs, urlsplit
 import click
 
 from .._backoff import retry_while
-from ..errors import ConfigError, LockBusy
+from .._extras import needs_extra
+from ..errors import ConfigError, GuardError, LockBusy, StoreUnavailable
 from ..tables import TABLES
 from . import data as demo_data
 
@@ -54,6 +57,8 @@ __all__ = ["DmlJobs", "NaiveSaver", "demo_command", "run_demo"]
 PGS = "player_game_summary"
 PHASE = "phase3"
 ROLES = ("instance-1", "instance-2", "others")
+DEMO = "demo"  # the events the demo's own process writes
+ORCHESTRATOR = "orchestr."  # the unguarded replay's phase 3 -> 4 orchestrator
 MODES = ("unguarded", "guarded")
 BIGQUERY_ENDPOINT_ENV = "PROCESSOR_GUARD_BIGQUERY_ENDPOINT"
 #: Each demo instance is this module run as a separate OS process.
@@ -70,7 +75,7 @@ GATE_TIMEOUT = 20.0
 class Events:
     """An append-only JSON-lines file the demo's processes report to and wait on."""
 
-    def __init__(self, path: Path, who: str = "orchestrator") -> None:
+    def __init__(self, path: Path, who: str = "demo") -> None:
         self.path = path
         self.who = who
         self._offset = 0
@@ -426,11 +431,23 @@ class NaiveSaver:
         self.target.bigquery().query(statement, job_config=config).result()
 
 
+#: How the old orchestrator's invocations overlapped, message after message: each group
+#: of completion messages is handled by that many invocations at once, and every one of
+#: them reads ``_completed_count`` before any of them writes it back. Seven messages
+#: (player_game_summary twice, the four others, one duplicate delivery) in groups of
+#: 2, 3 and 2 leave the stored count at 3 with all five processors' entries written:
+#: the incident's lost updates, the same on every run rather than by chance.
+CONCURRENT_INVOCATIONS = (2, 3, 2)
+COMPLETION_MESSAGES = sum(CONCURRENT_INVOCATIONS)
+
+
 class NaiveCompletion:
     """ANTI-PATTERN: the old orchestrator's document, ``phase3_completion/{date}``.
 
     A stored ``_completed_count`` bumped once per message by read-modify-write, with no
-    precondition and no dedup, so duplicates and redeliveries are counted.
+    precondition and no dedup: duplicates are counted, and two invocations that read
+    the same count write the same count + 1, so one update is lost. The trigger fires
+    only when the stored count reaches 5.
     """
 
     def __init__(self, path: Path, publish: Callable[[str], str]) -> None:
@@ -442,20 +459,72 @@ class NaiveCompletion:
     def _ref(self, day: str) -> Any:
         return self.client.collection(f"{PHASE}_completion").document(day)
 
-    def record(self, day: str, processor: str, record_count: int) -> dict[str, Any]:
-        doc = self.state(day)
-        doc[processor] = {"status": "success", "record_count": record_count}
-        doc["_completed_count"] = int(doc.get("_completed_count", 0)) + 1
-        expected = len(demo_data.EXPECTED_PROCESSORS)
-        if doc["_completed_count"] >= expected and not doc.get("_triggered"):
-            self.publish(day)
-            doc["_triggered"] = True
-            doc["_triggered_at"] = dt.datetime.now(dt.timezone.utc)
-        self._ref(day).set(doc)
-        return doc
+    def initialise(self, day: str) -> None:
+        self._ref(day).set({"_completed_count": 0})
 
     def state(self, day: str) -> dict[str, Any]:
         return self._ref(day).get().to_dict() or {}
+
+    def write(self, day: str, processor: str, record_count: int, read: dict[str, Any]) -> int:
+        """The write half of one invocation, from the document it read earlier."""
+        count = int(read.get("_completed_count", 0)) + 1
+        update: dict[str, Any] = {
+            processor: {"status": "success", "record_count": record_count},
+            "_completed_count": count,
+        }
+        if count >= len(demo_data.EXPECTED_PROCESSORS) and not read.get("_triggered"):
+            update["_trigger_message_id"] = self.publish(day)
+            update["_triggered"] = True
+            update["_triggered_at"] = dt.datetime.now(dt.timezone.utc)
+        self._ref(day).update(update)
+        return count
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class NaiveOrchestrator:
+    """ANTI-PATTERN: the phase 3 -> 4 Cloud Function, fed the replay's completion
+    messages as the processes publish them; invocations overlap as
+    :data:`CONCURRENT_INVOCATIONS` says."""
+
+    def __init__(self, completion: NaiveCompletion, events: Events) -> None:
+        self.completion = completion
+        self.events = events
+        self.day = demo_data.DEMO_DATE.isoformat()
+        self.groups = list(CONCURRENT_INVOCATIONS)
+        self.waiting: list[dict[str, Any]] = []
+        self.seen = 0
+
+    def feed(self, all_events: Sequence[dict[str, Any]]) -> None:
+        """Take the completion messages published since the last call; handle every
+        group whose messages have all arrived."""
+        for ev in all_events[self.seen :]:
+            if ev["event"] == "completion-message":
+                self.waiting.append(ev)
+        self.seen = len(all_events)
+        while self.groups and len(self.waiting) >= self.groups[0]:
+            self._handle(self.groups.pop(0))
+
+    def drain(self) -> None:
+        """Handle what is left (a replay that published fewer messages than planned)."""
+        while self.waiting:
+            self._handle(min(len(self.waiting), self.groups.pop(0) if self.groups else 1))
+
+    def _handle(self, size: int) -> None:
+        batch, self.waiting = self.waiting[:size], self.waiting[size:]
+        reads = [self.completion.state(self.day) for _ in batch]
+        if size > 1:
+            self.events.emit("invocations", size=size, count=reads[0].get("_completed_count", 0))
+        for message, read in zip(batch, reads, strict=True):
+            count = self.completion.write(self.day, message["table"], message["rows"], read)
+            self.events.emit(
+                "completion",
+                table=message["table"],
+                count=count,
+                duplicate=message.get("duplicate", False),
+                lost=size > 1 and message is not batch[0],
+            )
 
 
 # --------------------------------------------------------------------------- workers
@@ -517,26 +586,21 @@ def _gate(cfg: WorkerConfig, events: Events) -> Callable[[], None]:
 def _worker_unguarded(cfg: WorkerConfig, events: Events) -> None:
     target = WarehouseTarget.parse(cfg.warehouse)
     jobs = DmlJobs(Path(cfg.dir) / f"dml-jobs-{cfg.mode}.db")
-    naive_done = NaiveCompletion(
-        Path(cfg.dir) / "naive-completion.db",
-        publish=lambda day: _publish(events, day),
-    )
     saver = NaiveSaver(target, jobs, events, mid_save=_gate(cfg, events))
     day = demo_data.DEMO_DATE
     tables = [PGS] if cfg.role != "others" else list(demo_data.EXPECTED_PROCESSORS[1:])
     games = _games_for_role(cfg.role)
     events.emit("ready")
-    events.wait_for(_is("orchestrator", "go", target=cfg.role), timeout=60)
+    events.wait_for(_is(DEMO, "go", target=cfg.role), timeout=60)
     for table in tables:
         rows = demo_data.table_rows(table, games)
         events.emit("running", table=table, games=len(games), rows=len(rows))
         saver.save(table, rows, day)
-        doc = naive_done.record(day.isoformat(), table, len(rows))
-        events.emit("completion", table=table, count=doc["_completed_count"])
+        # Published to Pub/Sub; the orchestrator counts it (see NaiveOrchestrator).
+        events.emit("completion-message", table=table, rows=len(rows))
     if cfg.role == "others":
         # Pub/Sub delivers at least once: the same completion message arrives again.
-        doc = naive_done.record(day.isoformat(), tables[0], 20)
-        events.emit("completion", table=tables[0], count=doc["_completed_count"], duplicate=True)
+        events.emit("completion-message", table=tables[0], rows=20, duplicate=True)
 
 
 def _publish(events: Events, day: str) -> str:
@@ -606,7 +670,7 @@ def _worker_guarded(cfg: WorkerConfig, events: Events) -> None:
     day = demo_data.DEMO_DATE.isoformat()
     opts = {"start_date": day, "end_date": day}
     events.emit("ready")
-    events.wait_for(_is("orchestrator", "go", target=cfg.role), timeout=60)
+    events.wait_for(_is(DEMO, "go", target=cfg.role), timeout=60)
     tables = [PGS] if cfg.role != "others" else list(demo_data.EXPECTED_PROCESSORS[1:])
     executions: dict[str, str] = {}
     for table in tables:
@@ -694,7 +758,11 @@ def _worker_main(argv: Sequence[str]) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- orchestrator
+# --------------------------------------------------------------------------- the demo
+
+
+class DemoFailed(GuardError):
+    """The demo could not run a replay (a process failed to start, a store is down)."""
 
 
 @dataclass
@@ -713,33 +781,48 @@ class RunResult:
     conflicts_retried: int = 0
     lease_handoffs: int = 0
     refusals: int = 0
+    second_instance: str = ""
     second_instance_waited: float = 0.0
     fences: list[int] = field(default_factory=list)
     completion_count: int = 0
+    completion_entries: int = 0
     completion_expected: int = len(demo_data.EXPECTED_PROCESSORS)
     completion_derived: bool = False
     triggers: int = 0
+    health: str = ""
+    health_exit_code: int | None = None
     errors: list[str] = field(default_factory=list)
     exit_codes: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
+    def problems(self) -> list[str]:
+        """Why the replay is not clean (empty when it is)."""
+        expected_rows = sum(g.player_count for g in demo_data.games_for())
+        found = list(self.errors)
+        if self.player_rows != expected_rows or self.unique_keys != expected_rows:
+            found.append(
+                f"{PGS}: {self.player_rows} rows, {self.unique_keys} unique, "
+                f"expected {expected_rows}"
+            )
+        if self.duplicates:
+            found.append(f"{PGS}: {self.duplicates} duplicate rows")
+        if self.delete_statements:
+            found.append(f"{self.delete_statements} DELETE statement(s) sent")
+        for table, t in self.other_tables.items():
+            if t["duplicates"] or t["rows"] != t["expected"]:
+                found.append(f"{table}: {t['rows']} rows ({t['duplicates']} duplicate)")
+        if self.completion_count != self.completion_expected:
+            found.append(f"completion {self.completion_count}/{self.completion_expected}")
+        if self.triggers != 1:
+            found.append(f"{self.triggers} phase-4 triggers, expected 1")
+        failed = {role: code for role, code in self.exit_codes.items() if code != 0}
+        if failed and not self.errors:
+            found.append(f"processes exited with {failed}")
+        return found
+
     @property
     def clean(self) -> bool:
-        expected_rows = sum(g.player_count for g in demo_data.games_for())
-        return (
-            self.player_rows == expected_rows
-            and self.unique_keys == expected_rows
-            and self.duplicates == 0
-            and self.delete_statements == 0
-            and all(
-                t["duplicates"] == 0 and t["rows"] == t["expected"]
-                for t in self.other_tables.values()
-            )
-            and self.completion_count == self.completion_expected
-            and self.triggers == 1
-            and not self.errors
-            and all(code == 0 for code in self.exit_codes.values())
-        )
+        return not self.problems()
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items()}
@@ -758,6 +841,7 @@ def _describe(ev: dict[str, Any]) -> str | None:
     """One progress line for an event, or None for events not worth a line."""
     e = ev["event"]
     tbl = ev.get("table", "")
+    expected = len(demo_data.EXPECTED_PROCESSORS)
     if e == "go":
         return f"[bold]{ev['target']}[/] starts (story time {_STORY.get(ev['target'], '')})"
     if e == "running":
@@ -783,14 +867,42 @@ def _describe(ev: dict[str, Any]) -> str | None:
         return "asks for the lease on the date (instance-1 holds it)"
     if e == "refused":
         return f"[yellow]LockBusy[/] -> HTTP 409, Pub/Sub redelivers (delivery {ev['delivery']})"
+    if e == "completion-message":
+        dup = " again (duplicate Pub/Sub delivery)" if ev.get("duplicate") else ""
+        return f"publishes completion of {tbl}{dup}"
+    if e == "invocations":
+        return (
+            f"[yellow]{ev['size']} invocations at once[/], each reads "
+            f"_completed_count = {ev['count']}"
+        )
+    if e == "completion" and ev.get("lost"):
+        return (
+            f"[red]completion {tbl}: writes count {ev['count']}/{expected}[/] "
+            "(same value: the other invocation's update is lost)"
+        )
     if e == "completion":
-        dup = " (duplicate Pub/Sub delivery)" if ev.get("duplicate") else ""
-        return f"completion {tbl}: count {ev['count']}/5{dup}"
+        dup = " (duplicate delivery)" if ev.get("duplicate") else ""
+        return f"completion {tbl}: count {ev['count']}/{expected}{dup}"
     if e == "trigger":
         return f"[bold magenta]phase 4 triggered[/] ({ev['message_id']})"
     if e == "error":
         return f"[bold red]error[/]: {ev['error']}"
     return None
+
+
+def _wait_started(
+    mode: str, role: str, events: Events, proc: subprocess.Popen[bytes], log: Path
+) -> None:
+    """Wait until the process is ready; fail at once (with its last line) if it exits."""
+    give_up = time.monotonic() + 60
+    while events.wait_for(_started(role), timeout=0.05) is None:
+        if proc.poll() is not None or time.monotonic() > give_up:
+            lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+            last = lines[-1] if lines else "no output"
+            raise DemoFailed(f"the {mode} replay's {role} process did not start: {last}")
+    started = events.wait_for(_started(role), timeout=0)
+    if started is not None and started["event"] == "error":
+        raise DemoFailed(f"the {mode} replay's {role} process failed: {started['error']}")
 
 
 def _replay(
@@ -800,23 +912,34 @@ def _replay(
     console: Any,
 ) -> RunResult:
     started = time.monotonic()
-    events = Events(Path(base.dir) / f"events-{mode}.jsonl")
+    folder = Path(base.dir)
+    events = Events(folder / f"events-{mode}.jsonl")
     if events.path.exists():
         events.path.unlink()
     for stale in (f"dml-jobs-{mode}.db",):
         with contextlib.suppress(FileNotFoundError):
-            (Path(base.dir) / stale).unlink()
+            (folder / stale).unlink()
     target.create_tables()
+    orchestrator = None
+    if mode == "unguarded":
+        orchestrator_events = Events(events.path, ORCHESTRATOR)
+        naive = NaiveCompletion(
+            folder / "naive-completion.db",
+            publish=lambda day: _publish(orchestrator_events, day),
+        )
+        naive.initialise(demo_data.DEMO_DATE.isoformat())
+        orchestrator = NaiveOrchestrator(naive, orchestrator_events)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     logs: dict[str, Any] = {}
     env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[1])
+    src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    worker = [sys.executable, "-m", WORKER_MODULE, "worker"]
     for role in ROLES:
         cfg = WorkerConfig(**{**base.__dict__, "mode": mode, "role": role})
-        logs[role] = open(Path(base.dir) / f"{mode}-{role}.log", "wb")  # noqa: SIM115
+        logs[role] = open(folder / f"{mode}-{role}.log", "wb")  # noqa: SIM115
         procs[role] = subprocess.Popen(
-            [sys.executable, "-m", WORKER_MODULE, "worker", json.dumps(cfg.__dict__)],
+            [*worker, json.dumps(cfg.__dict__)],
             stdout=logs[role],
             stderr=subprocess.STDOUT,
             env=env,
@@ -824,22 +947,23 @@ def _replay(
 
     shown = 0
 
-    def show(_new: object = None) -> None:
+    def show() -> None:
         nonlocal shown
         seen = events.all()
+        if orchestrator is not None:
+            orchestrator.feed(seen)
+            seen = events.all()
         for ev in seen[shown:]:
             line = _describe(ev)
             if line:
-                who = "demo" if ev["who"] == "orchestrator" else ev["who"]
-                console.print(f"  {ev['t'] - t0:6.2f}s  [cyan]{who:<10}[/] {line}")
+                console.print(f"  {ev['t'] - t0:6.2f}s  [cyan]{ev['who']:<10}[/] {line}")
         shown = len(seen)
 
     t0 = time.time()
     try:
         # Every process is warm (imports done, data built) before the timeline starts.
         for role in ROLES:
-            if events.wait_for(_started(role), 60) is None:
-                raise RuntimeError(f"{mode} {role} did not start; see {base.dir}/{mode}-{role}.log")
+            _wait_started(mode, role, events, procs[role], folder / f"{mode}-{role}.log")
         t0 = time.time()
         events.emit("go", target="instance-1")
         events.emit("go", target="others")
@@ -853,9 +977,12 @@ def _replay(
         while any(p.poll() is None for p in procs.values()):
             show()
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{mode} replay did not finish within 120 s")
+                raise DemoFailed(f"the {mode} replay did not finish within 120 s")
             time.sleep(0.02)
         show()
+        if orchestrator is not None:
+            orchestrator.drain()
+            show()
     finally:
         for proc in procs.values():
             if proc.poll() is None:
@@ -863,7 +990,26 @@ def _replay(
                 proc.wait()
         for f in logs.values():
             f.close()
+        if orchestrator is not None:
+            orchestrator.completion.close()
     return _measure(mode, base, target, events, procs, time.monotonic() - started)
+
+
+def _second_instance(mode: str, evs: Sequence[dict[str, Any]], res: RunResult) -> str:
+    """What the second instance of player_game_summary did, from its own events."""
+    mine = [ev for ev in evs if ev["who"] == "instance-2"]
+    failed = [ev["error"] for ev in mine if ev["event"] == "error"]
+    if failed:
+        return f"failed: {failed[0]}"
+    if not any(ev["event"] in ("merged", "insert") for ev in mine):
+        return "did not run"
+    if mode == "unguarded":
+        return "ran alongside"
+    if res.refusals:
+        return f"refused {res.refusals}x, then ran"
+    if res.second_instance_waited:
+        return f"waited {res.second_instance_waited:.2f}s"
+    return "ran after instance-1"
 
 
 def _measure(
@@ -916,38 +1062,62 @@ def _measure(
     got = [ev for ev in evs if ev["who"] == "instance-2" and ev["event"] == "lease-acquired"]
     if waits and got:
         res.second_instance_waited = round(got[0]["t"] - waits[0]["t"], 2)
-    if mode == "guarded":
-        from ..completion.tracker import CompletionTracker
+    res.second_instance = _second_instance(mode, evs, res)
+    from ..completion.tracker import CompletionTracker
 
-        tracker = CompletionTracker(
-            _completion_client(base.completion),
-            phase=PHASE,
-            expected=list(demo_data.EXPECTED_PROCESSORS),
-        )
-        state = tracker.state(day)
+    completion_url = (
+        base.completion if mode == "guarded" else f"sqlite://{base.dir}/naive-completion.db"
+    )
+    tracker = CompletionTracker(
+        _completion_client(completion_url),
+        phase=PHASE,
+        expected=list(demo_data.EXPECTED_PROCESSORS),
+    )
+    state = tracker.state(day)
+    res.completion_entries = state.count
+    if mode == "guarded":
         res.completion_count = state.count
         res.completion_derived = True
     else:
-        doc = NaiveCompletion(Path(base.dir) / "naive-completion.db", publish=lambda d: "").state(
-            day.isoformat()
-        )
-        res.completion_count = int(doc.get("_completed_count", 0))
+        res.completion_count = int(state.stored_count or 0)
+    res.health, res.health_exit_code = _health(tracker, base.warehouse)
     return res
 
 
+def _health(tracker: Any, warehouse_url: str) -> tuple[str, int | None]:
+    """What ``processor-guard health`` says about the replay's warehouse and document."""
+    from ..completion.health import run_health
+    from ..writes.inspect import open_warehouse
+
+    try:
+        source = open_warehouse(warehouse_url)
+    except GuardError as exc:
+        return f"not run: {exc}", None
+    try:
+        report = run_health(demo_data.DEMO_DATE, tracker=tracker, warehouse=source)
+    finally:
+        source.close()
+    return report.status, report.exit_code
+
+
 def _table(results: dict[str, RunResult]) -> Any:
+    from rich import box
     from rich.table import Table
 
     u, g = results["unguarded"], results["guarded"]
-    table = Table(title="2026-02-03 replayed: the old pattern vs processor_guard")
-    table.add_column("")
-    table.add_column("unguarded (old pattern)", justify="right")
-    table.add_column("guarded (processor_guard)", justify="right")
+    table = Table(
+        title="2026-02-03 replayed: the old pattern vs processor_guard",
+        box=box.SIMPLE_HEAD,
+    )
+    table.add_column("", no_wrap=True)
+    table.add_column("unguarded", justify="right", no_wrap=True)
+    table.add_column("guarded", justify="right", no_wrap=True)
 
     def bad(value: Any, ok: bool) -> str:
         return f"[green]{value}[/]" if ok else f"[red]{value}[/]"
 
     expected = sum(gm.player_count for gm in demo_data.games_for())
+    of = len(demo_data.EXPECTED_PROCESSORS)
     table.add_row(
         "player_game_summary rows",
         bad(u.player_rows, u.player_rows == expected),
@@ -958,36 +1128,83 @@ def _table(results: dict[str, RunResult]) -> Any:
         "duplicate rows", bad(u.duplicates, u.duplicates == 0), bad(g.duplicates, g.duplicates == 0)
     )
     table.add_row(
-        "DELETE statements issued",
+        "DELETE statements sent",
         bad(u.delete_statements, u.delete_statements == 0),
         bad(g.delete_statements, g.delete_statements == 0),
     )
     table.add_row("write conflicts hit", str(u.merge_conflicts), str(g.merge_conflicts))
     table.add_row(
-        "conflicts -> DELETE + INSERT",
+        "conflict -> DELETE + INSERT",
         bad(u.fallbacks, u.fallbacks == 0),
         bad(g.fallbacks, g.fallbacks == 0),
     )
-    table.add_row(
-        "conflicts retried (MERGE again)", str(u.conflicts_retried), str(g.conflicts_retried)
-    )
-    table.add_row("lease hand-offs", "n/a (no lease)", str(g.lease_handoffs))
-    second = "ran concurrently"
-    if g.refusals:
-        second = f"refused {g.refusals}x (409), then ran"
-    elif g.second_instance_waited:
-        second = f"waited {g.second_instance_waited:.2f}s, then ran"
-    table.add_row("second instance", "ran concurrently", second)
+    table.add_row("conflict -> MERGE again", str(u.conflicts_retried), str(g.conflicts_retried))
+    table.add_row("lease hand-offs", "no lease", str(g.lease_handoffs))
+    table.add_row("second instance", u.second_instance, g.second_instance)
     table.add_row(
         "completion count",
-        bad(f"{u.completion_count}/5 (stored counter)", u.completion_count == 5),
-        bad(f"{g.completion_count}/5 (derived)", g.completion_count == 5),
+        bad(f"{u.completion_count}/{of} stored", u.completion_count == of),
+        bad(f"{g.completion_count}/{of} derived", g.completion_count == of),
+    )
+    table.add_row(
+        "processors finished",
+        f"{u.completion_entries}/{of}",
+        f"{g.completion_entries}/{of}",
     )
     table.add_row(
         "phase-4 triggers", bad(u.triggers, u.triggers == 1), bad(g.triggers, g.triggers == 1)
     )
+    table.add_row(
+        "health (exit code)",
+        bad(f"{u.health} ({u.health_exit_code})", u.health == "ok"),
+        bad(f"{g.health} ({g.health_exit_code})", g.health == "ok"),
+    )
     table.add_row("seconds", f"{u.seconds:.1f}", f"{g.seconds:.1f}")
     return table
+
+
+def _redacted(url: str) -> str:
+    """The URL with any password replaced, for screens and files."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def cli_command() -> str:
+    """How to run ``processor-guard`` from any shell: this interpreter's console script
+    when it has one, else ``python -m processor_guard`` with this interpreter."""
+    script = Path(sys.executable).with_name("processor-guard")
+    if script.is_file():
+        return shlex.quote(str(script))
+    return f"{shlex.quote(sys.executable)} -m processor_guard"
+
+
+def _preflight(store_url: str, warehouse: str | None) -> None:
+    """Fail before any replay runs when a backend is missing or cannot be reached."""
+    from ..stores import open_store
+
+    if warehouse is None or warehouse.startswith("duckdb:"):
+        with needs_extra("duckdb", "the demo's local warehouse (DuckDB)"):
+            import duckdb  # noqa: F401 - the replays need it; fail before they start
+    store = open_store(store_url)  # a bad URL fails here, with the supported schemes
+    try:
+        store.holder("processor-guard-demo:preflight:2026-02-03")
+    except StoreUnavailable as exc:
+        raise DemoFailed(
+            f"the lease store {_redacted(store_url)} cannot be reached, so nothing was run: {exc}"
+        ) from None
+    finally:
+        store.close()
+
+
+def demo_console(**options: Any) -> Any:
+    """The demo's rich console: markup for its own colours, no automatic highlighting
+    (which would colour fragments such as the ``0.`` of ``0.00s``)."""
+    from rich.console import Console
+
+    return Console(highlight=False, **options)
 
 
 def run_demo(
@@ -996,28 +1213,46 @@ def run_demo(
     store: str | None = None,
     warehouse: str | None = None,
     on_busy: str = "wait",
+    keep: bool = False,
     console: Any = None,
 ) -> dict[str, Any]:
-    """Replay the incident unguarded then guarded; returns (and writes) the summary."""
-    from rich.console import Console
+    """Replay the incident unguarded then guarded; returns the summary.
 
-    console = console or (Console() if sys.stdout.isatty() else Console(width=120))
-    folder = (
-        Path(directory) if directory else Path(tempfile.mkdtemp(prefix="processor-guard-demo-"))
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    folder = folder.resolve()
+    The working folder is ``directory`` (kept, with ``summary.json``) or a new
+    temporary folder, removed at the end unless ``keep``.
+    """
+
     if on_busy not in ("wait", "refuse"):
         raise ConfigError(f"on_busy must be 'wait' or 'refuse', got {on_busy!r}")
-    store_url = store or f"sqlite://{folder}/leases.db"
-    if store_url.strip().lower().startswith("memory:"):
+    if store is not None and store.strip().lower().startswith("memory:"):
         raise ConfigError(
-            f"--store {store_url!r}: a memory store lives inside one process, and the demo's "
+            f"--store {store!r}: a memory store lives inside one process, and the demo's "
             "instances are separate processes; use sqlite://, redis:// or firestore://"
         )
-    from ..stores import open_store
+    if warehouse is not None:
+        WarehouseTarget.parse(warehouse)
+    console = console or demo_console()
+    if directory is not None:
+        folder = Path(directory)
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"--dir {str(directory)!r} is not a directory")
+        folder.mkdir(parents=True, exist_ok=True)
+        folder = folder.resolve()
+        keep = True
+    else:
+        folder = Path(tempfile.mkdtemp(prefix="processor-guard-demo-")).resolve()
+    try:
+        return _run_in(folder, store, warehouse, on_busy, keep, console)
+    finally:
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)
 
-    open_store(store_url).close()  # a bad URL fails here, with the supported schemes
+
+def _run_in(
+    folder: Path, store: str | None, warehouse: str | None, on_busy: str, keep: bool, console: Any
+) -> dict[str, Any]:
+    store_url = store or f"sqlite://{folder}/leases.db"
+    _preflight(store_url, warehouse)
     completion_url = f"sqlite://{folder}/completion.db"
     if store_url.startswith("firestore://"):
         completion_url = f"firestore://{urlsplit(store_url).netloc}"
@@ -1028,7 +1263,11 @@ def run_demo(
         f"[bold]processor_guard demo[/]: game date {demo_data.DEMO_DATE}, 10 games, "
         f"348 player rows, two instances of player_game_summary 18 s apart (compressed)."
     )
-    console.print(f"  folder {folder}\n  lease store {store_url}\n  completion {completion_url}")
+    console.print(
+        f"  folder       {folder}\n  lease store  {_redacted(store_url)}\n"
+        f"  completion   {completion_url}",
+        soft_wrap=True,
+    )
     results: dict[str, RunResult] = {}
     for mode in MODES:
         wh_url = warehouse or f"duckdb://{folder}/{mode}.duckdb"
@@ -1043,34 +1282,42 @@ def run_demo(
             on_busy=on_busy,
         )
         title = (
-            "without the guard (MERGE, then DELETE + INSERT)"
+            "without the guard: MERGE, then DELETE + INSERT; a stored counter"
             if mode == "unguarded"
-            else ("with guarded + dedupe_rows + safe_merge + CompletionTracker")
+            else "with guarded + dedupe_rows + safe_merge + CompletionTracker"
         )
-        console.rule(f"[bold]{mode}[/]: {title}  ({wh_url})")
+        console.rule(f"[bold]{mode}[/]")
+        console.print(f"  {title}\n  warehouse {_redacted(wh_url)}", soft_wrap=True)
         results[mode] = _replay(mode, base, target, console)
     console.print()
     console.print(_table(results))
     summary = {
         "game_date": demo_data.DEMO_DATE.isoformat(),
-        "store": store_url,
+        "store": _redacted(store_url),
         "completion": completion_url,
-        "warehouse": warehouse or f"duckdb://{folder}/<mode>.duckdb",
+        "warehouse": _redacted(warehouse or f"duckdb://{folder}/<mode>.duckdb"),
         "expected_player_rows": sum(g.player_count for g in demo_data.games_for()),
         "unguarded": results["unguarded"].to_dict(),
         "guarded": results["guarded"].to_dict(),
         "clean": results["guarded"].clean,
     }
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    verdict = "[green]guarded run clean[/]" if summary["clean"] else "[red]guarded run NOT clean[/]"
-    console.print(f"{verdict}; summary written to {folder / 'summary.json'}")
+    problems = results["guarded"].problems()
+    if problems:
+        console.print(f"[red]guarded run NOT clean[/]: {'; '.join(problems)}", soft_wrap=True)
+    else:
+        console.print("[green]guarded run clean[/]")
+    if not keep:
+        console.print("(temporary files removed; --keep or --dir DIR keeps them to inspect)")
+        return summary
+    console.print(f"Files kept in {folder} (summary.json, logs, databases).", soft_wrap=True)
     if not warehouse and completion_url.startswith("sqlite://"):
-        console.print("Look at what each replay left behind:", highlight=False)
+        console.print("See what each replay left behind:")
         for mode, doc in (("unguarded", "naive-completion.db"), ("guarded", "completion.db")):
             console.print(
-                f"  processor-guard health --date {demo_data.DEMO_DATE} "
-                f"--warehouse duckdb://{folder}/{mode}.duckdb --completion sqlite://{folder}/{doc}",
-                highlight=False,
+                f"  {cli_command()} health --date {demo_data.DEMO_DATE} "
+                f"--warehouse {shlex.quote(f'duckdb://{folder}/{mode}.duckdb')} "
+                f"--completion {shlex.quote(f'sqlite://{folder}/{doc}')}",
                 markup=False,
                 soft_wrap=True,
             )
@@ -1082,8 +1329,9 @@ def run_demo(
     "--dir",
     "directory",
     type=click.Path(file_okay=False),
-    help="Working folder (default: a new temporary folder).",
+    help="Working folder, kept afterwards (default: a temporary folder, removed).",
 )
+@click.option("--keep", is_flag=True, help="Keep the temporary folder and say where it is.")
 @click.option(
     "--store",
     help="Lease store URL (default: sqlite:///DIR/leases.db); redis://..., firestore://PROJECT.",
@@ -1100,13 +1348,14 @@ def run_demo(
     help="Second instance waits for the lease, or is refused (409) and redelivered.",
 )
 def demo_command(
-    directory: str | None, store: str | None, warehouse: str | None, on_busy: str
+    directory: str | None, keep: bool, store: str | None, warehouse: str | None, on_busy: str
 ) -> None:
-    """Replay the 2026-02-03 incident without and with the guard; exit 0 only if clean."""
-    try:
-        summary = run_demo(directory, store=store, warehouse=warehouse, on_busy=on_busy)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    """Replay the 2026-02-03 incident without and with the guard.
+
+    Needs DuckDB for its local warehouse: pip install 'processor-guard[duckdb]'.
+    Exit 0 if the guarded run is clean, 1 if not (3 could not run, 4 usage error).
+    """
+    summary = run_demo(directory, store=store, warehouse=warehouse, on_busy=on_busy, keep=keep)
     if not summary["clean"]:
         sys.exit(1)
 

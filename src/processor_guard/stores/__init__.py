@@ -6,6 +6,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from .._extras import needs_extra
 from ..errors import ConfigError
 from .base import AcquireResult, Holder, LeaseStore, PollingWaiter, ReleaseWaiter, fence_seed
 from .memory import MemoryStore
@@ -37,6 +38,7 @@ _LAZY = {
     "FirestoreStore": ".firestore_store",
     "SQLiteStore": ".sqlite_store",
 }
+_LAZY_EXTRA = {"RedisStore": "redis", "FirestoreStore": "firestore"}
 
 _memory_stores: dict[str, MemoryStore] = {}
 _memory_lock = threading.Lock()
@@ -46,7 +48,10 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+        if name not in _LAZY_EXTRA:
+            return getattr(importlib.import_module(_LAZY[name], __name__), name)
+        with needs_extra(_LAZY_EXTRA[name], name):
+            return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -88,7 +93,8 @@ def open_store(url: str) -> LeaseStore:
             _ = parts.port
         except ValueError as exc:
             raise _bad(url, str(exc)) from None
-        from .redis_store import RedisStore
+        with needs_extra("redis", f"the {scheme}:// lease store"):
+            from .redis_store import RedisStore
 
         return RedisStore.from_url(url)
     # firestore://PROJECT[/COLLECTION]
@@ -98,6 +104,6 @@ def open_store(url: str) -> LeaseStore:
         raise _bad(url, "firestore needs a project, e.g. firestore://my-project")
     if "/" in collection:
         raise _bad(url, "firestore takes one collection name after the project")
-    from .firestore_store import FirestoreStore
-
+    with needs_extra("firestore", "the firestore:// lease store"):
+        from .firestore_store import FirestoreStore
     return FirestoreStore.from_project(project, collection or None)

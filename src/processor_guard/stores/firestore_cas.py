@@ -20,10 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from google.api_core import exceptions as gexc
-from google.api_core import retry as gretry
-
 from .._backoff import full_jitter
+from .._docapi import conflict_errors, delete_field, quote_field, service_errors
 from ..errors import StoreUnavailable
 
 __all__ = [
@@ -42,9 +40,6 @@ Doc = dict[str, Any]
 #: counts as unreachable; keeps an unreachable server from blocking for minutes.
 DEFAULT_TIMEOUT = 5.0
 
-# Another writer got in between our read and our write.
-_CONFLICTS = (gexc.AlreadyExists, gexc.FailedPrecondition, gexc.NotFound)
-
 
 def store_unavailable(exc: BaseException, key: str | None, action: str) -> StoreUnavailable:
     """The StoreUnavailable to raise for a failed Firestore call (``raise ... from exc``)."""
@@ -55,6 +50,8 @@ def store_unavailable(exc: BaseException, key: str | None, action: str) -> Store
 
 
 def _transient(exc: BaseException) -> bool:
+    from google.api_core import exceptions as gexc
+
     return isinstance(
         exc,
         (
@@ -68,11 +65,16 @@ def _transient(exc: BaseException) -> bool:
     )
 
 
-def read_retry(timeout: float) -> gretry.Retry:
-    """Retry policy for idempotent reads: transient errors, for at most ``timeout`` s."""
+def read_retry(timeout: float) -> Any:
+    """Retry policy for idempotent reads: transient errors, for at most ``timeout`` s
+    (None without Google's client: the local document store has no transient errors)."""
     # Google's clients take their retry policy per call, and api_core's Retry already
     # sleeps full jitter (uniform up to min(maximum, initial * multiplier**n)), the
     # policy of processor_guard._backoff.
+    try:
+        from google.api_core import retry as gretry
+    except ImportError:
+        return None
     return gretry.Retry(
         predicate=_transient, initial=0.05, maximum=0.5, multiplier=2.0, timeout=timeout
     )
@@ -80,7 +82,7 @@ def read_retry(timeout: float) -> gretry.Retry:
 
 def is_unavailable(exc: BaseException) -> bool:
     """Errors that mean the store could not be reached or refused to answer."""
-    return isinstance(exc, (gexc.GoogleAPIError, ConnectionError, OSError, TimeoutError))
+    return isinstance(exc, (*service_errors(), ConnectionError, OSError, TimeoutError))
 
 
 def read_doc(doc_ref: Any, *, key: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> Any:
@@ -113,14 +115,11 @@ class CasOutcome:
 
 
 def _update_payload(before: Doc, after: Doc) -> Doc:
-    from google.cloud.firestore_v1 import DELETE_FIELD
-    from google.cloud.firestore_v1.field_path import FieldPath
-
     # Quote every top-level name so dots or odd characters are not read as paths.
-    payload: Doc = {FieldPath(name).to_api_repr(): value for name, value in after.items()}
+    payload: Doc = {quote_field(name): value for name, value in after.items()}
     for name in before:
         if name not in after:
-            payload[FieldPath(name).to_api_repr()] = DELETE_FIELD
+            payload[quote_field(name)] = delete_field()
     return payload
 
 
@@ -170,7 +169,7 @@ def compare_and_set(
                 result = doc_ref.update(
                     _update_payload(before, after), option=option, retry=None, timeout=timeout
                 )
-        except _CONFLICTS:
+        except conflict_errors():
             out_of_time = give_up_at is not None and clock() >= give_up_at
             if attempt >= max_attempts or out_of_time:
                 return CasOutcome(before, before, False, read_time, None, attempt, gave_up=True)

@@ -40,7 +40,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MissingDependency
 from .base import AcquireResult, Holder, LeaseStore, ReleaseWaiter, fence_seed
 from .firestore_cas import (
     DEFAULT_TIMEOUT,
@@ -166,11 +166,10 @@ class FirestoreStore(LeaseStore):
         coll = _check_collection(collection) if collection is not None else DEFAULT_COLLECTION
         try:
             from google.cloud import firestore
-        except ImportError as exc:
-            raise ConfigError(
-                "the Firestore store needs google-cloud-firestore: "
-                "pip install 'processor-guard[firestore]'"
-            ) from exc
+        except ImportError:
+            raise MissingDependency(
+                "the firestore:// lease store", "google-cloud-firestore", "firestore"
+            ) from None
         try:
             client = firestore.Client(project=project)
         except Exception as exc:  # google.auth's DefaultCredentialsError and friends

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from .._extras import needs_extra
 from ..dates import parse_game_date
 from ..errors import ConfigError
 from ..tables import TableSpec, resolve_table
@@ -86,8 +87,12 @@ def open_warehouse(url: str) -> WarehouseSource:
             path = f"{parts.netloc}{path}"
         if not path or path == "/":
             raise ConfigError(f"bad warehouse URL {url!r}: duckdb needs a file path")
+        if Path(path).is_dir():
+            raise ConfigError(f"warehouse {url!r}: {path!r} is a directory, not a DuckDB file")
         if not Path(path).is_file():
-            raise ConfigError(f"DuckDB file {path!r} does not exist")
+            raise ConfigError(f"warehouse {url!r}: DuckDB file {path!r} does not exist")
+        with needs_extra("duckdb", "the duckdb:// warehouse"):
+            import duckdb  # noqa: F401 - the adapter imports it on first use; fail here
         from .warehouse import DuckDBWarehouse
 
         return WarehouseSource(DuckDBWarehouse(path))
@@ -97,7 +102,8 @@ def open_warehouse(url: str) -> WarehouseSource:
             raise ConfigError(f"bad warehouse URL {url!r}: use bigquery://PROJECT/DATASET")
         query_endpoint = parse_qs(parts.query).get("endpoint") or [""]
         endpoint = query_endpoint[0] or os.environ.get(BIGQUERY_ENDPOINT_ENV)
-        from google.cloud import bigquery
+        with needs_extra("bigquery", "the bigquery:// warehouse"):
+            from google.cloud import bigquery
 
         if endpoint:
             if not endpoint.startswith(("http://", "https://")):
