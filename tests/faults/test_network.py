@@ -104,7 +104,7 @@ def test_held_lease_is_lost_by_its_deadline(proxy: FaultyProxy, redis_url: str, 
         ) as lease,
     ):
         getattr(proxy, fault)()
-        assert lease.lost.wait(lease.remaining + 2.0), "lease outlived its deadline on a dead link"
+        assert lease.wait_lost(lease.remaining + 2.0), "lease outlived its deadline on a dead link"
         with pytest.raises(LeaseLost):
             lease.check()
         # Lost on the deadline, not before a renewal could have saved it (the callback
@@ -143,7 +143,7 @@ def test_slow_link_under_the_timeout_keeps_the_lease(proxy: FaultyProxy) -> None
     hooks = LeaseHooks(renewed=lambda lease: renewed.append(lease.fence))
     with date_lock("net", "2026-02-03", store=store, ttl=ttl, hooks=hooks) as lease:
         while len(renewed) < 4:  # more than a ttl's worth of renewals over the slow link
-            assert not lease.lost.wait(0.05), lease.lost_reason
+            assert not lease.wait_lost(0.05), lease.lost_reason
         lease.check()
     assert set(renewed) == {lease.fence}
     store.close()

@@ -384,7 +384,7 @@ def test_emulator_killed_mid_hold_loses_lease_then_restart_gives_higher_fence(
         ):
             first = lease.fence
             firestore_emulator.kill()
-            assert lease.lost.wait(15), "lease not lost after the emulator died"
+            assert lease.wait_lost(15), "lease not lost after the emulator died"
             with pytest.raises(LeaseLost):
                 lease.check()
 

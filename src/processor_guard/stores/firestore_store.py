@@ -135,6 +135,7 @@ class FirestoreStore(LeaseStore):
     """
 
     scheme = "firestore"
+    max_key_bytes = 1500  # Firestore document ids
 
     def __init__(
         self,
