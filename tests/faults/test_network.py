@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -196,5 +197,58 @@ def test_waiter_on_a_dead_link_is_unavailable_never_busy_or_acquired(
         held.check()
     # Its wait (10 s) had not run out: an outage must not be reported as "busy".
     assert outcome == ["unavailable"]
+    store.close()
+    healthy.close()
+
+
+def test_an_acquire_whose_reply_is_lost_gets_its_own_lease(
+    proxy: FaultyProxy, redis_url: str
+) -> None:
+    store = short_fused(proxy.port, timeout=2.0)
+    healthy = direct(redis_url)
+    assert store.holder("net:2026-02-03") is None  # connected, scripts loaded
+    proxy.drop_replies(1)  # the server runs the acquire script; its reply is lost
+    with date_lock("net", "2026-02-03", store=store, ttl=10, owner="me") as lease:
+        held = healthy.holder(lease.key)
+        assert held is not None and (held.owner, held.fence) == ("me", lease.fence)
+    assert healthy.holder(lease.key) is None, "an orphan lease was left behind"
+    store.close()
+    healthy.close()
+
+
+def test_a_caller_whose_acquire_failed_ambiguously_is_not_locked_out(
+    proxy: FaultyProxy, redis_url: str
+) -> None:
+    store = short_fused(proxy.port, timeout=2.0)
+    healthy = direct(redis_url)
+    assert store.holder("net:2026-02-03") is None
+    proxy.drop_replies(2)  # the call and its one retry both lose their replies
+    with (
+        pytest.raises(StoreUnavailable),
+        date_lock("net", "2026-02-03", store=store, ttl=10, owner="me"),
+    ):
+        pytest.fail("acquired without an answer")
+    orphan = healthy.holder("net:2026-02-03")
+    assert orphan is not None and orphan.owner == "me"  # the server did take it
+    with date_lock("net", "2026-02-03", store=store, ttl=10, owner="me", wait=0) as lease:
+        assert lease.fence == orphan.fence
+        held = healthy.holder(lease.key)
+        assert held is not None and held.remaining is not None and held.remaining > 9
+    assert healthy.holder("net:2026-02-03") is None
+    store.close()
+    healthy.close()
+
+
+def test_a_release_whose_reply_is_lost_is_neither_a_loss_nor_a_warning(
+    proxy: FaultyProxy, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = short_fused(proxy.port, timeout=2.0)
+    healthy = direct(redis_url)
+    caplog.set_level(logging.WARNING, logger="processor_guard")
+    with date_lock("net", "2026-02-03", store=store, ttl=30) as lease:
+        proxy.drop_replies(1)  # the release runs on the server; its reply is lost
+    assert not lease.lost
+    assert healthy.holder(lease.key) is None
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     store.close()
     healthy.close()

@@ -40,7 +40,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreUnavailable
 from .base import AcquireResult, Holder, LeaseStore, ReleaseWaiter, fence_seed
 from .firestore_cas import (
     DEFAULT_TIMEOUT,
@@ -55,6 +55,8 @@ from .firestore_cas import (
 __all__ = ["DEFAULT_COLLECTION", "FirestoreStore"]
 
 DEFAULT_COLLECTION = "processor_guard_leases"
+# Acquisitions with unknown outcome remembered for the owner's next call (bounded).
+MAX_UNANSWERED = 1024
 Doc = dict[str, Any]
 log = logging.getLogger("processor_guard.stores.firestore")
 
@@ -158,6 +160,8 @@ class FirestoreStore(LeaseStore):
         self.listen = listen
         self._owns_client = owns_client
         self._coll = client.collection(self.collection)
+        # (key, owner) -> fence of an acquisition whose write had no answer.
+        self._unanswered: dict[tuple[str, str], int] = {}
 
     @classmethod
     def from_project(cls, project: str, collection: str | None = None) -> FirestoreStore:
@@ -222,16 +226,26 @@ class FirestoreStore(LeaseStore):
     def try_acquire(self, key: str, owner: str, ttl: float) -> AcquireResult:
         _check_ttl(ttl)
         busy: list[Holder | None] = [None]
+        # The fence of an earlier call of this owner whose write had no answer: if the
+        # document shows it, that write landed and this call takes the lease over.
+        unanswered = self._unanswered.pop((key, owner), None)
+        tried: list[int] = []
 
         def decide(doc: Doc | None, now: dt.datetime) -> Doc | None:
+            expires = now + dt.timedelta(seconds=ttl)
             if _live(doc, now):
+                assert doc is not None
+                if unanswered is not None and self._ours(doc, owner, unanswered):
+                    tried[:] = [unanswered]
+                    doc.update(expires=expires, expire_at=expires + self.cleanup_after)
+                    return doc
                 busy[0] = self._holder(key, doc, now)
                 return None
-            expires = now + dt.timedelta(seconds=ttl)
+            tried[:] = [self._next_fence(doc, now)]
             new = dict(doc or {})
             new.update(
                 owner=owner,
-                fence=self._next_fence(doc, now),
+                fence=tried[0],
                 expires=expires,
                 expire_at=expires + self.cleanup_after,
                 ttl=float(ttl),
@@ -242,7 +256,14 @@ class FirestoreStore(LeaseStore):
             return new
 
         # A lost race re-reads at once: the winner then shows as busy.
-        outcome = self._cas(key, decide, max_attempts=4, base_delay=0.0)
+        try:
+            outcome = self._cas(key, decide, max_attempts=4, base_delay=0.0)
+        except StoreUnavailable:
+            if tried and self._landed(key, owner, tried[0]):
+                return AcquireResult(True, fence=tried[0])
+            if tried and len(self._unanswered) < MAX_UNANSWERED:
+                self._unanswered[(key, owner)] = tried[0]
+            raise
         if outcome.written:
             assert outcome.after is not None
             return AcquireResult(True, fence=int(outcome.after["fence"]))
@@ -278,6 +299,15 @@ class FirestoreStore(LeaseStore):
         if outcome.gave_up:
             raise store_unavailable(TimeoutError("too many conflicting writes"), key, "release")
         return outcome.written
+
+    def _landed(self, key: str, owner: str, fence: int) -> bool:
+        """After a write with no answer: does the document show it (one read)?"""
+        try:
+            snap = read_doc(self._ref(key), key=key, timeout=self.timeout)
+        except StoreUnavailable:
+            return False
+        doc = snap.to_dict() if snap.exists else None
+        return self._ours(doc, owner, fence) and _live(doc, snap.read_time)
 
     @staticmethod
     def _ours(doc: Doc | None, owner: str, fence: int) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 import time
@@ -88,17 +89,27 @@ local function hand_over(lease_key, queue_key, woken_key, channel_prefix, reserv
 end
 """
 
-# KEYS[1] lease key, KEYS[2] fence counter (never expires), KEYS[3] waiter queue,
-# KEYS[4] woken mark
+# KEYS[1] lease key, KEYS[2] fence counter, KEYS[3] waiter queue, KEYS[4] woken mark,
+# KEYS[5] attempt mark
 # ARGV[1] owner, ARGV[2] ttl in milliseconds,
-# ARGV[3] the caller's waiter id ('' when not waiting), ARGV[4] its place in the queue
+# ARGV[3] the caller's waiter id ('' when not waiting), ARGV[4] its place in the queue,
+# ARGV[5] the call's attempt id
 # Returns the new fence (integer) when acquired, or {value, pttl_ms} of the live holder
 # (or hand-over) when busy; a busy waiter keeps its place in the queue. Expiry is the
-# server's PX, never a client clock.
+# server's PX, never a client clock. The attempt mark names the call that took the
+# lease: the same call sent again (its reply was lost) gets its fence back, with the
+# expiry restarted, instead of finding itself "busy".
 ACQUIRE_SCRIPT = (
     _NEXT_FENCE
     + """
 local held = redis.call('GET', KEYS[1])
+if held and redis.call('GET', KEYS[5]) == ARGV[5] then
+    local fence = string.match(held, '^(%d+):')
+    if fence and held == fence .. ':' .. ARGV[1] then
+        redis.call('PEXPIRE', KEYS[1], ARGV[2])
+        return tonumber(fence)
+    end
+end
 if held and (ARGV[3] == '' or held ~= '~' .. ARGV[3]) then
     if ARGV[3] ~= '' then
         redis.call('ZADD', KEYS[3], 'NX', ARGV[4], ARGV[3])
@@ -113,6 +124,7 @@ if ARGV[3] ~= '' then
 end
 local fence = next_fence(KEYS[2])
 redis.call('SET', KEYS[1], string.format('%.0f', fence) .. ':' .. ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[5], ARGV[5], 'PX', ARGV[2])
 return fence
 """
 )
@@ -128,17 +140,24 @@ end
 return 0
 """
 
-# KEYS[1] lease key, KEYS[2] waiter queue, KEYS[3] woken mark
+# KEYS[1] lease key, KEYS[2] waiter queue, KEYS[3] woken mark, KEYS[4] attempt mark
 # ARGV[1] "<fence>:<owner>" of the caller's lease, ARGV[2] waiter channel prefix,
-# ARGV[3] hand-over reservation in milliseconds, ARGV[4] barging window in microseconds
-# Returns 1 when the caller's lease was deleted (and the next waiter told), else 0.
+# ARGV[3] hand-over reservation in milliseconds, ARGV[4] barging window in microseconds,
+# ARGV[5] the call's attempt id
+# Returns 1 when the caller's lease was deleted (and the next waiter told), else 0; the
+# same call sent again after its reply was lost finds its attempt mark and returns 1.
 RELEASE_SCRIPT = (
     _HAND_OVER
     + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    if redis.call('GET', KEYS[4]) == ARGV[5] then
+        return 1
+    end
     return 0
 end
 redis.call('DEL', KEYS[1])
+-- A re-sent call comes within seconds (one retry, socket timeouts of seconds).
+redis.call('SET', KEYS[4], ARGV[5], 'PX', 60000)
 hand_over(KEYS[1], KEYS[2], KEYS[3], ARGV[2], ARGV[3], ARGV[4])
 return 1
 """
@@ -227,6 +246,10 @@ HANDOFF_AFTER = 0.1
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0
 _ERRORS = (redis.RedisError, OSError)
+# Longest ttl (seconds) a lease may ask for: PX stays far inside Redis's range.
+MAX_TTL = 1e9
+# Acquisitions with unknown outcome remembered for the owner's next call (bounded).
+MAX_UNANSWERED = 1024
 # Subscribed connections kept for the next waiter on the same key.
 MAX_IDLE_WAITERS = 8
 
@@ -242,6 +265,15 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def ttl_ms(ttl: float) -> int:
+    """A lease ttl as Redis PX: rounded up, plus 1 ms for the server clock's 1 ms step
+    (a key set late in a millisecond would otherwise expire up to 1 ms early), so the
+    server never expires a lease before its holder's local deadline."""
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < MAX_TTL:
+        raise ConfigError(f"ttl must be a number of seconds in (0, {MAX_TTL:.0e}), got {ttl!r}")
+    return math.ceil(ttl * 1000) + 1
 
 
 def _text(value: bytes | str) -> str:
@@ -485,6 +517,8 @@ class RedisStore(LeaseStore):
         self._waiters_pid = _pid
         self._waiters_lock = threading.Lock()
         self._closed = False
+        # (key, owner) -> attempt id of an acquisition whose reply never came.
+        self._unanswered: dict[tuple[str, str], str] = {}
         self._acquire = client.register_script(ACQUIRE_SCRIPT)
         self._renew = client.register_script(RENEW_SCRIPT)
         self._release = client.register_script(RELEASE_SCRIPT)
@@ -550,19 +584,29 @@ class RedisStore(LeaseStore):
         waiting: dict[str, _PubSubWaiter] | None = getattr(self._waiting, "by_key", None)
         waiter = waiting.get(key) if waiting else None
         wid, place = (waiter.id, waiter.place) if waiter is not None else ("", "")
-        with _as_store_unavailable(key):
-            reply = self._runner.evalsha(
-                self._acquire,
-                4,
-                prefix + "lease",
-                prefix + "fence",
-                prefix + "queue",
-                prefix + "woken",
-                owner,
-                int(ttl * 1000) or 1,
-                wid,
-                place,
-            )
+        # An earlier call of this owner whose outcome is unknown may hold the key: this
+        # call sends the same attempt id, so it gets that lease instead of "busy".
+        attempt = self._unanswered.pop((key, owner), None) or os.urandom(8).hex()
+        try:
+            with _as_store_unavailable(key):
+                reply = self._runner.evalsha(
+                    self._acquire,
+                    5,
+                    prefix + "lease",
+                    prefix + "fence",
+                    prefix + "queue",
+                    prefix + "woken",
+                    prefix + "attempt",
+                    owner,
+                    ttl_ms(ttl),
+                    wid,
+                    place,
+                    attempt,
+                )
+        except StoreUnavailable:
+            if len(self._unanswered) < MAX_UNANSWERED:
+                self._unanswered[(key, owner)] = attempt
+            raise
         if type(reply) is int:
             if waiter is not None and waiting is not None:
                 waiter.queued = False  # the script took it out of the queue
@@ -573,9 +617,10 @@ class RedisStore(LeaseStore):
         return AcquireResult(False, holder=_holder(key, reply))
 
     def renew(self, key: str, owner: str, fence: int, ttl: float) -> bool:
+        # Sent again after a lost reply, the script finds the same value and answers 1.
         with _as_store_unavailable(key):
             reply = self._runner.evalsha(
-                self._renew, 1, self.lease_key(key), f"{fence}:{owner}", int(ttl * 1000) or 1
+                self._renew, 1, self.lease_key(key), f"{fence}:{owner}", ttl_ms(ttl)
             )
         return bool(reply == 1)
 
@@ -584,14 +629,16 @@ class RedisStore(LeaseStore):
         with _as_store_unavailable(key):
             reply = self._runner.evalsha(
                 self._release,
-                3,
+                4,
                 prefix + "lease",
                 prefix + "queue",
                 prefix + "woken",
+                prefix + "attempt",
                 f"{fence}:{owner}",
                 prefix + "released:",
                 HANDOVER_MS,
                 self._after_us,
+                os.urandom(8).hex(),
             )
         return bool(reply == 1)
 
