@@ -299,6 +299,8 @@ def _as_store_unavailable(key: str | None) -> Iterator[None]:
     try:
         yield
     except _ERRORS as exc:
+        if "DB index" in str(exc):
+            raise ConfigError(f"the store URL's redis database does not exist: {exc}") from None
         what = f"key {key!r}" if key is not None else "holders"
         raise StoreUnavailable(f"redis unreachable for {what}: {exc}", key=key) from exc
 
