@@ -252,3 +252,25 @@ def test_a_release_whose_reply_is_lost_is_neither_a_loss_nor_a_warning(
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     store.close()
     healthy.close()
+
+
+def test_renewal_capacity_does_not_limit_how_many_leases_a_process_keeps(
+    proxy: FaultyProxy,
+) -> None:
+    from contextlib import ExitStack
+
+    store = short_fused(proxy.port, timeout=2.0)
+    ttl, count = 3.0, 40  # the first renewal also opens a connection: 3 more round trips
+    lost: list[Lease] = []
+    with ExitStack() as held:
+        for i in range(count):
+            held.enter_context(
+                date_lock(f"cap{i}", "2026-02-03", store=store, ttl=ttl, on_lost=lost.append)
+            )
+        # Every renewal is answered in ~0.3 s, well inside its ttl/3 period; one after
+        # another they would take 40 x 0.3 s = 12 s per round.
+        proxy.latency = 0.15
+        time.sleep(2 * ttl)
+        proxy.latency = 0.0
+        assert [lease.key for lease in lost] == []
+    store.close()
