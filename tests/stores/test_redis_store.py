@@ -38,3 +38,39 @@ def test_a_ttl_redis_cannot_hold_is_a_config_error(redis_url: str, ttl: float) -
         assert store.holders() == []
     finally:
         store.close()
+
+
+def test_a_waiter_that_lost_a_barging_race_polls_only_within_its_window(
+    redis_url: str,
+) -> None:
+    import time
+
+    from processor_guard.stores.redis_store import RedisStore
+
+    window = 0.2
+    store = RedisStore.from_url(redis_url, handoff_after=window)
+    other = RedisStore.from_url(redis_url, handoff_after=window)
+    key = "pgs:2026-02-03"
+    try:
+        first = other.try_acquire(key, "first", 60)
+        assert first.acquired and first.fence is not None
+        with store.release_waiter(key) as waiter:
+            assert not store.try_acquire(key, "head", 60).acquired  # queued
+            assert other.release(key, "first", first.fence)
+            assert waiter.wait(20), "the head was not told about the release"
+            again = other.try_acquire(key, "first", 60)  # the releaser barges back in
+            assert again.acquired and again.fence is not None
+            assert not store.try_acquire(key, "head", 60).acquired  # lost the race
+            time.sleep(window + 0.05)
+            started = time.monotonic()
+            assert waiter.wait(0.5) is False
+            assert time.monotonic() - started >= 0.45, "still polling after its window"
+            # The window is over: the next release reserves the key for it and tells it.
+            assert other.release(key, "first", again.fence)
+            assert waiter.wait(20)
+            mine = store.try_acquire(key, "head", 60)
+            assert mine.acquired and mine.fence is not None
+        assert store.release(key, "head", mine.fence)
+    finally:
+        store.close()
+        other.close()

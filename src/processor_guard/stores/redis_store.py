@@ -228,7 +228,8 @@ return false
 # free again after this long.
 HANDOVER_MS = 250
 HANDOVER_OWNER = "(handing over to the next waiter)"
-# How often a waiter that was told and lost the key to a barger retries on its own.
+# How often a waiter that was told and lost the key to a barger retries on its own,
+# until its barging window ends.
 LOST_POLL = 0.01
 # RedisStore's default barging window (seconds): while the longest waiter has waited
 # less than this, a release leaves the key to whoever comes first (often the releaser,
@@ -325,6 +326,9 @@ class _PubSubWaiter(ReleaseWaiter):
         self.queued = False  # in the key's queue (joined and not yet served or left)
         self.told = False  # a release told it the key was free
         self.lost = False  # told, but a barger took the key first: no new notice comes
+        # (monotonic) When its barging window ends: from then on a release hands the
+        # key over to it with a notice, so it need not poll.
+        self.window_ends = 0.0
         self.registry: dict[str, _PubSubWaiter] | None = None  # its thread's waiters
         self._pid = _pid
         self._pubsub = store.client.pubsub()  # type: ignore[no-untyped-call]
@@ -356,9 +360,10 @@ class _PubSubWaiter(ReleaseWaiter):
         return True
 
     def wait(self, timeout: float) -> bool:
-        if self.lost:
+        if self.lost and time.monotonic() < self.window_ends:
             # Releases within the barging window no longer tell it (its woken mark
-            # stays): poll, so a key left free is not missed for long.
+            # stays): poll, so a key left free is not missed for long. After the window
+            # the next release reserves the key for it and says so.
             timeout = min(timeout, LOST_POLL)
         deadline = time.monotonic() + timeout
         while True:
@@ -698,6 +703,7 @@ class RedisStore(LeaseStore):
             waiter.discard()
             raise
         waiter.place = _text(place)
+        waiter.window_ends = time.monotonic() + self._after_us / 1_000_000
         waiter.queued = True
         waiter.told = waiter.lost = False
         by_key: dict[str, _PubSubWaiter] | None = getattr(self._waiting, "by_key", None)
