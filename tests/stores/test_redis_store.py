@@ -74,3 +74,53 @@ def test_a_waiter_that_lost_a_barging_race_polls_only_within_its_window(
     finally:
         store.close()
         other.close()
+
+
+def test_fence_counters_expire_when_idle_and_fences_keep_rising(redis_url: str) -> None:
+    from processor_guard.stores.redis_store import FENCE_KEEP_MS, RedisStore
+
+    store = RedisStore.from_url(redis_url)
+    key = "pgs:2026-02-03"
+    try:
+        first = store.try_acquire(key, "me", 5)
+        assert first.acquired and first.fence is not None
+        assert 0 < store.client.pttl(store.fence_key(key)) <= FENCE_KEEP_MS
+        assert store.release(key, "me", first.fence)
+        store.client.delete(store.fence_key(key))  # as if it expired
+        again = store.try_acquire(key, "me", 5)
+        assert again.fence is not None and again.fence > first.fence
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("info", "supported"),
+    [
+        ("# Server\r\nredis_version:4.0.9\r\n", False),
+        ("# Server\r\nredis_version:3.2.12\r\n", False),
+        ("# Server\r\nredis_version:5.0.0\r\n", True),
+        ("# Server\r\nredis_version:7.0.15\r\n", True),
+    ],
+)
+def test_servers_older_than_redis_5_are_refused(info: str, supported: bool) -> None:
+    from processor_guard.stores.redis_store import check_server_version
+
+    if supported:
+        check_server_version(info)
+    else:
+        with pytest.raises(ConfigError, match=r"Redis 5\.0 or later"):
+            check_server_version(info)
+
+
+def test_the_server_version_is_checked_when_scripts_are_loaded(redis_url: str) -> None:
+    from processor_guard.stores.redis_store import RedisStore
+
+    store = RedisStore.from_url(redis_url)
+    try:
+        store.client.script_flush()
+        store.client.config_resetstat()  # an INFO reply does not count itself
+        assert store.holder("pgs:2026-02-03") is None  # NOSCRIPT: reload, version check
+        calls = store.client.info("commandstats")
+        assert calls.get("cmdstat_info", {}).get("calls", 0) >= 1
+    finally:
+        store.close()

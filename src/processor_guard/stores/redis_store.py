@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import threading
 import time
 import uuid
@@ -36,7 +37,13 @@ __all__ = ["RedisStore"]
 # the fence_seed rule, so fences keep rising even when Redis lost the counter (restart
 # without data, eviction) or came back from an old snapshot. Lua numbers are doubles:
 # exact up to 2**53 (year 2255 in µs); '%.0f' writes them back without an exponent.
-_NEXT_FENCE = """
+# Since server time alone keeps fences rising, a counter idle for FENCE_KEEP_MS (30
+# days) expires: one small key per key taken in the last 30 days, not one forever. The
+# counter only matters if the server clock went back by more than that since.
+# Scripts that call TIME and then write need effect replication: Redis >= 5 (the
+# default from 5 on; checked once per server by _ScriptRunner).
+FENCE_KEEP_MS = 30 * 86_400_000
+_NEXT_FENCE = f"""
 local function next_fence(counter_key)
     local t = redis.call('TIME')
     local fence = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -44,7 +51,7 @@ local function next_fence(counter_key)
     if stored and stored + 1 > fence then
         fence = stored + 1
     end
-    redis.call('SET', counter_key, string.format('%.0f', fence))
+    redis.call('SET', counter_key, string.format('%.0f', fence), 'PX', {FENCE_KEEP_MS})
     return fence
 end
 """
@@ -247,6 +254,8 @@ HANDOFF_AFTER = 0.1
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0
 _ERRORS = (redis.RedisError, OSError)
+# Oldest server the scripts run correctly on (see _NEXT_FENCE).
+MIN_REDIS = (5, 0)
 # Longest ttl (seconds) a lease may ask for: PX stays far inside Redis's range.
 MAX_TTL = 1e9
 # Acquisitions with unknown outcome remembered for the owner's next call (bounded).
@@ -275,6 +284,20 @@ def ttl_ms(ttl: float) -> int:
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < MAX_TTL:
         raise ConfigError(f"ttl must be a number of seconds in (0, {MAX_TTL:.0e}), got {ttl!r}")
     return math.ceil(ttl * 1000) + 1
+
+
+def check_server_version(info: str) -> None:
+    """ConfigError unless ``INFO server`` text shows Redis >= 5 (MIN_REDIS)."""
+    found = re.search(r"^redis_version:(\d+)\.(\d+)", info, re.MULTILINE)
+    if found is None:
+        return  # a Redis-compatible server that does not say: let its scripts decide
+    version = (int(found.group(1)), int(found.group(2)))
+    if version < MIN_REDIS:
+        raise ConfigError(
+            f"Redis {version[0]}.{version[1]} is not supported: processor_guard needs "
+            f"Redis {MIN_REDIS[0]}.{MIN_REDIS[1]} or later (its scripts read the server "
+            "time before writing, which needs effect replication)"
+        )
 
 
 def _text(value: bytes | str) -> str:
@@ -429,13 +452,19 @@ class _ScriptRunner:
             return conn
 
     def _load_scripts(self, conn: Connection) -> None:
-        """Load every script in one round trip (a new or restarted server knows none)."""
+        """Check the server's version and load every script, in one round trip (a new
+        or restarted server knows none)."""
         scripts = self._scripts
         conn.send_packed_command(  # type: ignore[no-untyped-call]
-            [c for s in scripts for c in conn.pack_command("SCRIPT", "LOAD", s.script)]  # type: ignore[no-untyped-call]
+            [
+                *conn.pack_command("INFO", "server"),  # type: ignore[no-untyped-call]
+                *[c for s in scripts for c in conn.pack_command("SCRIPT", "LOAD", s.script)],  # type: ignore[no-untyped-call]
+            ]
         )
+        info = conn.read_response()
         for s in scripts:
             s.sha = _text(conn.read_response())
+        check_server_version(_text(info))
 
     def _pack(self, script: Script, numkeys: int, args: tuple[str | int, ...]) -> bytes:
         """EVALSHA in RESP, packed here: redis-py's general packer costs microseconds."""
@@ -457,6 +486,9 @@ class _ScriptRunner:
             try:
                 return self._client.evalsha(script.sha, numkeys, *keys_and_args)
             except NoScriptError:
+                server = self._client.info("server")
+                if isinstance(server, dict) and "redis_version" in server:
+                    check_server_version(f"redis_version:{server['redis_version']}")
                 script.sha = self._client.script_load(script.script)
                 return self._client.evalsha(script.sha, numkeys, *keys_and_args)
         for attempt in (0, 1):
