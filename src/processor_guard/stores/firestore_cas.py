@@ -34,6 +34,7 @@ __all__ = [
     "read_doc",
     "read_retry",
     "store_unavailable",
+    "update_payload",
 ]
 
 Doc = dict[str, Any]
@@ -112,7 +113,8 @@ class CasOutcome:
     gave_up: bool = False
 
 
-def _update_payload(before: Doc, after: Doc) -> Doc:
+def update_payload(before: Doc, after: Doc) -> Doc:
+    """The ``update()`` argument turning ``before`` into ``after`` (removed fields deleted)."""
     from google.cloud.firestore_v1 import DELETE_FIELD
     from google.cloud.firestore_v1.field_path import FieldPath
 
@@ -168,7 +170,7 @@ def compare_and_set(
             else:
                 option = client.write_option(last_update_time=snap.update_time)
                 result = doc_ref.update(
-                    _update_payload(before, after), option=option, retry=None, timeout=timeout
+                    update_payload(before, after), option=option, retry=None, timeout=timeout
                 )
         except _CONFLICTS:
             out_of_time = give_up_at is not None and clock() >= give_up_at

@@ -11,7 +11,9 @@ Document ``{collection}/{key}`` (key ``scope:YYYY-MM-DD``) holds::
 
 Guarantees:
 
-- Acquire, renew, release and break are one read and one conditional write each:
+- Acquire, renew, release and break are one read and one conditional write each
+  (release is the write alone while the document is still what this store last wrote
+  for the lease: the precondition is that write's update time):
   ``create()`` when the document is absent, else an update with an ``update_time``
   precondition. No read-write transaction is used, so contention never waits on the
   server's lock timeout (about 2 s per conflict on the emulator); a writer that loses
@@ -50,6 +52,7 @@ from .firestore_cas import (
     read_doc,
     read_retry,
     store_unavailable,
+    update_payload,
 )
 
 __all__ = ["DEFAULT_COLLECTION", "FirestoreStore"]
@@ -57,6 +60,8 @@ __all__ = ["DEFAULT_COLLECTION", "FirestoreStore"]
 DEFAULT_COLLECTION = "processor_guard_leases"
 # Acquisitions with unknown outcome remembered for the owner's next call (bounded).
 MAX_UNANSWERED = 1024
+# Leases whose last written state is remembered for a one-write release (bounded).
+MAX_REMEMBERED = 4096
 Doc = dict[str, Any]
 log = logging.getLogger("processor_guard.stores.firestore")
 
@@ -162,6 +167,8 @@ class FirestoreStore(LeaseStore):
         self._coll = client.collection(self.collection)
         # (key, owner) -> fence of an acquisition whose write had no answer.
         self._unanswered: dict[tuple[str, str], int] = {}
+        # (key, owner, fence) -> (update time, document) of this store's last write.
+        self._last_write: dict[tuple[str, str, int], tuple[dt.datetime, Doc]] = {}
 
     @classmethod
     def from_project(cls, project: str, collection: str | None = None) -> FirestoreStore:
@@ -266,7 +273,9 @@ class FirestoreStore(LeaseStore):
             raise
         if outcome.written:
             assert outcome.after is not None
-            return AcquireResult(True, fence=int(outcome.after["fence"]))
+            fence = int(outcome.after["fence"])
+            self._remember(key, owner, fence, outcome)
+            return AcquireResult(True, fence=fence)
         return AcquireResult(False, holder=busy[0])
 
     def renew(self, key: str, owner: str, fence: int, ttl: float) -> bool:
@@ -283,9 +292,52 @@ class FirestoreStore(LeaseStore):
         outcome = self._cas(key, decide, max_attempts=20, base_delay=0.005)
         if outcome.gave_up:
             raise store_unavailable(TimeoutError("too many conflicting writes"), key, "renew")
+        if outcome.written:
+            self._remember(key, owner, fence, outcome)
+        else:
+            self._last_write.pop((key, owner, fence), None)
         return outcome.written
 
+    def _remember(self, key: str, owner: str, fence: int, outcome: CasOutcome) -> None:
+        """Keep the state this store last wrote for a lease, for a one-RPC release."""
+        if len(self._last_write) >= MAX_REMEMBERED:
+            self._last_write.clear()  # leases lost without release: start over
+        if outcome.after is not None and outcome.update_time is not None:
+            self._last_write[(key, owner, fence)] = (outcome.update_time, outcome.after)
+
+    def _release_as_last_written(self, key: str, owner: str, fence: int) -> bool:
+        """Release in one conditional write when the document is still exactly what
+        this store last wrote for the lease; False when it changed (or is unknown)."""
+        from google.api_core import exceptions as gexc
+        from google.cloud.firestore_v1 import SERVER_TIMESTAMP
+
+        last = self._last_write.pop((key, owner, fence), None)
+        if last is None:
+            return False
+        update_time, before = last
+        # Unchanged since our write, so still live: its expiry is later than now and
+        # bounds the clean-up time without a read of the server's clock.
+        after = dict(before, owner=None, expires=None, released_at=SERVER_TIMESTAMP)
+        after["expire_at"] = before["expires"] + self.cleanup_after
+        try:
+            self._ref(key).update(
+                update_payload(before, after),
+                option=self.client.write_option(last_update_time=update_time),
+                retry=None,
+                timeout=self.timeout,
+            )
+        except (gexc.FailedPrecondition, gexc.NotFound):
+            return False  # written by someone else since: decide on a fresh read
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise store_unavailable(exc, key, "release") from exc
+            raise
+        return True
+
     def release(self, key: str, owner: str, fence: int) -> bool:
+        if self._release_as_last_written(key, owner, fence):
+            return True
+
         def decide(doc: Doc | None, now: dt.datetime) -> Doc | None:
             if not self._ours(doc, owner, fence):
                 return None
