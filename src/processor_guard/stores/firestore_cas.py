@@ -113,13 +113,24 @@ class CasOutcome:
     gave_up: bool = False
 
 
+def _changed(old: Any, new: Any) -> bool:
+    # Firestore tells 1, 1.0 and True apart; Python's == does not.
+    return type(old) is not type(new) or bool(old != new)
+
+
 def update_payload(before: Doc, after: Doc) -> Doc:
-    """The ``update()`` argument turning ``before`` into ``after`` (removed fields deleted)."""
+    """The ``update()`` argument turning ``before`` into ``after``: the top-level fields
+    that changed, and the removed ones deleted (the write's update-time precondition
+    guarantees the rest still equals ``before``; fewer fields encode and send faster)."""
     from google.cloud.firestore_v1 import DELETE_FIELD
     from google.cloud.firestore_v1.field_path import FieldPath
 
     # Quote every top-level name so dots or odd characters are not read as paths.
-    payload: Doc = {FieldPath(name).to_api_repr(): value for name, value in after.items()}
+    payload: Doc = {
+        FieldPath(name).to_api_repr(): value
+        for name, value in after.items()
+        if name not in before or _changed(before[name], value)
+    }
     for name in before:
         if name not in after:
             payload[FieldPath(name).to_api_repr()] = DELETE_FIELD
