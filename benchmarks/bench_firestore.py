@@ -4,7 +4,10 @@
   then one delete: the cheapest correct Firestore lock without fences or expiry.
 - floor (bare create): ``create()`` (fails if present) + ``delete()``: two RPCs.
 - processor_guard: ``with date_lock(..., store=FirestoreStore(client), wait=0)``:
-  compare-and-set on server time, fences, release keeping the document.
+  compare-and-set on server time, fences, release keeping the document (one read and
+  one conditional write to acquire, one conditional write to release).
+
+Each row also counts the Firestore RPCs of one cycle (``rpcs_per_cycle``).
 
 The emulator runs on this machine, so these are RPC and library costs, not network.
 """
@@ -21,6 +24,34 @@ from typing import Any
 from .timing import summarise, time_cycles
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# The Firestore API calls a lock cycle can make (google-cloud-firestore's GAPIC client).
+_RPCS = ("batch_get_documents", "begin_transaction", "commit", "rollback", "run_query")
+
+
+def rpcs_per_call(client: Any, fn: Callable[[], None], calls: int = 20) -> float:
+    """Firestore RPCs one call of ``fn`` makes, on average over ``calls`` calls."""
+    api = client._firestore_api
+    count = [0]
+    originals = {name: getattr(api, name) for name in _RPCS}
+
+    def counting(method: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            count[0] += 1
+            return method(*args, **kwargs)
+
+        return call
+
+    for name, method in originals.items():
+        setattr(api, name, counting(method))
+    try:
+        for _ in range(calls):
+            fn()
+    finally:
+        for name in originals:
+            delattr(api, name)  # back to the class's methods
+    return round(count[0] / calls, 2)
 
 
 def run(cycles: int = 300, rounds: int = 3) -> dict[str, Any]:
@@ -74,6 +105,8 @@ def run(cycles: int = 300, rounds: int = 3) -> dict[str, Any]:
             fns, cycles_per_round=cycles // rounds, rounds=rounds, warmup=20, scale_ns=1e6
         )
         out = summarise(samples, "floor (transaction create + delete)", "ms", 2)
+        for name, fn in fns.items():
+            out[name]["rpcs_per_cycle"] = rpcs_per_call(client, fn)
         client.close()
         return out
     finally:

@@ -54,12 +54,15 @@ class StoreUnavailable(GuardError):
 class LockBusy(GuardError):
     """Another owner holds the lease and the wait ran out."""
 
-    def __init__(self, key: str, holder: str | None, remaining: float | None) -> None:
+    def __init__(
+        self, key: str, holder: str | None, remaining: float | None, *, reason: str = ""
+    ) -> None:
         self.key = key
         self.holder = holder
         self.remaining = remaining
         left = "unknown" if remaining is None else f"{remaining:.1f}s"
-        super().__init__(f"lock {key!r} is held by {holder!r} ({left} left)")
+        detail = f": {reason}" if reason else ""
+        super().__init__(f"lock {key!r} is held by {holder!r} ({left} left){detail}")
 
 
 class LeaseLost(GuardError):

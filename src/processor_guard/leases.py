@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import datetime as dt
 import functools
 import heapq
+import inspect
 import itertools
 import logging
 import math
 import os
+import queue
 import random
 import re
 import socket
@@ -17,10 +20,9 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple, ParamSpec, TypeVar
 
 from ._backoff import full_jitter
 from .dates import date_range, parse_game_date
@@ -31,6 +33,7 @@ __all__ = [
     "STORE_ENV",
     "Lease",
     "LeaseHooks",
+    "bind_leases",
     "current_lease",
     "date_lock",
     "date_range",
@@ -45,7 +48,13 @@ log = logging.getLogger("processor_guard.leases")
 
 #: The environment variable with the lease store's URL, used when no store is passed.
 STORE_ENV = "PROCESSOR_GUARD_STORE"
-_SCOPE_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+# fullmatch, not "$": "$" also matches before a trailing newline.
+_SCOPE_RE = re.compile(r"[A-Za-z0-9_.-]+")
+MAX_SCOPE_LENGTH = 200
+MAX_OWNER_LENGTH = 500
+# A lease longer than this is a unit mistake (ms for s); it also keeps every store's
+# expiry arithmetic (Redis PX in ms, Firestore timestamps) in range.
+MAX_TTL = 1e9
 # A waiter retries a busy key after a full-jitter pause growing from 20 ms up to 1 s,
 # sooner when the holder's lease runs out or a release notice wakes it.
 WAIT_BASE = 0.02
@@ -60,9 +69,34 @@ _current: contextvars.ContextVar[tuple[Lease, ...]] = contextvars.ContextVar(
 
 
 def _check_scope(scope: object) -> str:
-    if not isinstance(scope, str) or not _SCOPE_RE.match(scope):
+    if not isinstance(scope, str) or not _SCOPE_RE.fullmatch(scope):
         raise ConfigError(f"scope must match [A-Za-z0-9_.-]+, got {scope!r}")
+    if len(scope) > MAX_SCOPE_LENGTH:
+        raise ConfigError(f"scope must be at most {MAX_SCOPE_LENGTH} characters, got {len(scope)}")
     return scope
+
+
+def _check_owner(owner: object) -> str:
+    if not isinstance(owner, str) or not owner:
+        raise ConfigError(f"owner must be a non-empty string, got {owner!r}")
+    if not owner.isprintable():
+        raise ConfigError(f"owner must be printable (no newline or control character): {owner!r}")
+    if len(owner) > MAX_OWNER_LENGTH:
+        raise ConfigError(f"owner must be at most {MAX_OWNER_LENGTH} characters, got {len(owner)}")
+    return owner
+
+
+def _check_seconds(name: str, value: object, *, positive: bool) -> float:
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and (value > 0 if positive else value >= 0)
+        and value < math.inf
+    )
+    if not ok:
+        bound = "> 0" if positive else ">= 0"
+        raise ConfigError(f"{name} must be a number of seconds {bound}, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
 
 
 def lease_key(scope: str, game_date: object) -> str:
@@ -137,7 +171,13 @@ def register_hooks(hooks: LeaseHooks) -> Callable[[], None]:
 
 
 class Lease:
-    """A held lease: its fence, owner, deadline and loss state."""
+    """A held lease: its fence, owner, deadline and loss state.
+
+    ``lost`` is True once the lease is known lost (``wait_lost`` blocks until then);
+    ``active`` is True while this process holds it: not released, not lost, not
+    inherited by a forked child. Leases taken together by one ``guarded`` call form a
+    group: ``check()`` on any of them fails when any of them is lost.
+    """
 
     def __init__(
         self,
@@ -162,9 +202,13 @@ class Lease:
         self.owner = owner
         self.fence = fence
         self.ttl = ttl
-        self.lost = threading.Event()
         self.lost_reason = ""
         self.safety_margin = safety_margin
+        self.group: tuple[Lease, ...] = (self,)
+        # Its with block has ended (the entering context may still list it, when the
+        # block was left from another thread or context).
+        self.finished = False
+        self._lost = threading.Event()
         self._clock = clock
         self._deadline = started + ttl
         self._on_lost = on_lost
@@ -175,8 +219,17 @@ class Lease:
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        state = "lost" if self.lost.is_set() else "released" if self._released else "held"
+        state = "lost" if self.lost else "released" if self._released else "held"
         return f"<Lease {self.key} owner={self.owner!r} fence={self.fence} {state}>"
+
+    @property
+    def lost(self) -> bool:
+        """True once the lease is known to be lost (taken, expired, unrenewable)."""
+        return self._lost.is_set()
+
+    def wait_lost(self, timeout: float | None = None) -> bool:
+        """Block until the lease is lost or ``timeout`` passes; True when lost."""
+        return self._lost.wait(timeout)
 
     @property
     def remaining(self) -> float:
@@ -186,18 +239,25 @@ class Lease:
     @property
     def active(self) -> bool:
         """True while held by this process: not released, not lost."""
-        return not self._released and not self.lost.is_set() and self._pid == _pid
+        return not self._released and not self._lost.is_set() and self._pid == _pid
 
     def check(self) -> None:
-        """Raise LeaseLost when lost, or when less than the safety margin remains."""
+        """Raise LeaseLost when this lease or one of its group is lost, or when less
+        than the safety margin remains."""
+        self._check_own()
+        for other in self.group:
+            if other is not self:
+                other._check_own()
+
+    def _check_own(self) -> None:
         if self._pid != _pid:
             raise LeaseLost(self.key, self.owner, self.fence, "lease belongs to the parent process")
-        if self._released and not self.lost.is_set():
+        if self._released and not self.lost:
             # After the with block the fence must not be used to write any more.
             raise LeaseLost(self.key, self.owner, self.fence, "the lease was released")
-        if not self.lost.is_set() and self._clock() >= self._deadline and not self._released:
+        if not self.lost and self._clock() >= self._deadline and not self._released:
             self._mark_lost(self._expiry_reason())
-        if self.lost.is_set():
+        if self.lost:
             raise LeaseLost(self.key, self.owner, self.fence, self.lost_reason)
         left = self.remaining
         if left < self.safety_margin:
@@ -255,12 +315,12 @@ class Lease:
             reason += f" (store unreachable; last error: {self._last_renew_error!r})"
         return reason
 
-    def _mark_lost(self, reason: str) -> None:
+    def _mark_lost(self, reason: str, *, at_release: bool = False) -> None:
         with self._lock:
-            if self.lost.is_set() or self._released:
+            if self._lost.is_set() or (self._released and not at_release):
                 return
             self.lost_reason = reason
-            self.lost.set()
+            self._lost.set()
         log.error(
             "lease %s lost (owner %s, fence %s): %s", self.key, self.owner, self.fence, reason
         )
@@ -281,22 +341,31 @@ class Lease:
             except Exception:
                 log.exception("%s hook for %s raised", event, self.key)
 
-    def _release(self) -> None:
+    def _finish(self) -> str | None:
+        """Release at the end of the block; the loss reason when it was no longer held."""
+        self.finished = True
+        _forget_held(self)
         if self._pid != _pid:
             # A forked child never releases its parent's lease, nor takes its lock
-            # (another thread may have held it at the fork).
-            return
+            # (another thread may have held it at the fork); it never held it itself.
+            return "lease belongs to the parent process (this is a forked child)"
         with self._lock:
             if self._released:
-                return
+                return self.lost_reason or None
             self._released = True
-        if self.lost.is_set():
+            lost = self._lost.is_set()
+        if not lost and self._clock() >= self._deadline:
+            self._mark_lost(self._expiry_reason(), at_release=True)
+            lost = True
+        if lost:
             # The store no longer holds it for us, or could not be reached until the
             # deadline: a release would be a no-op or wait out a timeout.
-            return
+            return self.lost_reason
         try:
             freed = self.store.release(self.key, self.owner, self.fence)
         except Exception as exc:
+            # The outcome is unknown, not a loss: the lease was ours at the last renewal
+            # and expires by itself.
             log.warning(
                 "release of %s (fence %s) failed; it expires by itself within %.1fs: %r",
                 self.key,
@@ -304,12 +373,40 @@ class Lease:
                 self.ttl,
                 exc,
             )
-            return
+            return None
         if not freed:
-            log.warning(
-                "release of %s (fence %s): the store no longer held it", self.key, self.fence
+            self._mark_lost(
+                "the store no longer held this lease at release (expired, broken or taken over)",
+                at_release=True,
             )
+            return self.lost_reason
         self._emit("released")
+        return None
+
+
+# Every active lease of this process, by key: finds a lease held in another thread or
+# context (current_lease(..., for_write=True)) and what a dying keeper must mark lost.
+_held: dict[str, list[Lease]] = {}
+_held_lock = threading.Lock()
+
+
+def _note_held(lease: Lease) -> None:
+    with _held_lock:
+        _held.setdefault(lease.key, []).append(lease)
+
+
+def _forget_held(lease: Lease) -> None:
+    with _held_lock:
+        found = _held.get(lease.key)
+        if found is not None and lease in found:
+            found.remove(lease)
+            if not found:
+                del _held[lease.key]
+
+
+def _held_now() -> list[Lease]:
+    with _held_lock:
+        return [lease for found in _held.values() for lease in found if lease.active]
 
 
 # --------------------------------------------------------------------------- keeper
@@ -324,12 +421,48 @@ class _Task(NamedTuple):
 
 
 _COMPACT_MIN = 1024
+# A renewal worker with nothing to do for this long ends; a busy one is never waited for.
+WORKER_IDLE = 10.0
+
+
+class _Workers:
+    """Runs each renewal at once on an idle worker thread, or a new one when none is
+    idle: a slow store answer delays only its own lease, however many are held."""
+
+    def __init__(self) -> None:
+        self._tasks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0  # idle workers no queued task has been promised to
+
+    def submit(self, task: Callable[[], None]) -> None:
+        with self._lock:
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1
+        self._tasks.put(task)
+        if spawn:
+            threading.Thread(target=self._work, name="processor_guard-renew", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            try:
+                task = self._tasks.get(timeout=WORKER_IDLE)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle > 0:  # else a task is on its way to this worker
+                        self._idle -= 1
+                        return
+                continue
+            task()
+            with self._lock:
+                self._idle += 1
 
 
 class _Keeper:
     """One scheduler thread per process renews every lease at ttl/3 and expires the
-    ones whose deadline passes; renewals run on a small pool so a hung store call
-    cannot delay other leases or the deadline checks."""
+    ones whose deadline passes; renewals run on worker threads (one per renewal in
+    flight), so a hung store call delays neither other leases nor the deadline checks.
+    If the scheduler itself dies, every lease it kept is marked lost."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -338,7 +471,7 @@ class _Keeper:
         self._compact_at = _COMPACT_MIN
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._workers = _Workers()
         self._inflight: set[int] = set()
 
     def add(self, lease: Lease) -> None:
@@ -378,40 +511,54 @@ class _Keeper:
             self._cond.notify()
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                while True:
-                    now = self._clock()
-                    if self._heap and self._heap[0].when <= now:
-                        task = heapq.heappop(self._heap)
-                        break
-                    timeout = self._heap[0].when - now if self._heap else None
-                    self._cond.wait(timeout)
-            lease = task.lease()
-            if lease is None or not lease.active:
-                continue
-            try:
-                if task.kind == "expire":
-                    if lease._clock() >= lease._deadline:
-                        # Loss runs the user's on_lost and hooks: on a thread of its own,
-                        # so a slow one cannot hold up the deadlines of other leases.
-                        threading.Thread(
-                            target=self._expire,
-                            args=(lease,),
-                            name="processor_guard-lost",
-                            daemon=True,
-                        ).start()
-                    else:
-                        self._schedule(self._at(lease, lease._deadline), "expire", lease)
-                elif id(lease) not in self._inflight:
-                    self._inflight.add(id(lease))
-                    if self._pool is None:
-                        self._pool = ThreadPoolExecutor(
-                            4, thread_name_prefix="processor_guard-renew"
-                        )
-                    self._pool.submit(self._renew, lease)
-            except Exception:
-                log.exception("keeper failed on %s", lease.key)
+        try:
+            while True:
+                self._run_next()
+        except BaseException as exc:
+            self._died(exc)
+            raise
+
+    def _died(self, exc: BaseException) -> None:
+        """Nothing renews the leases any more: each is lost now, not at its deadline."""
+        with self._cond:
+            leases = {id(lease): lease for t in self._heap if (lease := t.lease()) is not None}
+            self._heap = []
+            self._thread = None
+        for lease in leases.values():
+            # One failing on_lost callback must not keep the next lease from being marked.
+            with contextlib.suppress(BaseException):
+                lease._mark_lost(f"the renewal keeper thread died: {exc!r}")
+
+    def _run_next(self) -> None:
+        with self._cond:
+            while True:
+                now = self._clock()
+                if self._heap and self._heap[0].when <= now:
+                    task = heapq.heappop(self._heap)
+                    break
+                timeout = self._heap[0].when - now if self._heap else None
+                self._cond.wait(timeout)
+        lease = task.lease()
+        if lease is None or not lease.active:
+            return
+        try:
+            if task.kind == "expire":
+                if lease._clock() >= lease._deadline:
+                    # Loss runs the user's on_lost and hooks: on a thread of its own,
+                    # so a slow one cannot hold up the deadlines of other leases.
+                    threading.Thread(
+                        target=self._expire,
+                        args=(lease,),
+                        name="processor_guard-lost",
+                        daemon=True,
+                    ).start()
+                else:
+                    self._schedule(self._at(lease, lease._deadline), "expire", lease)
+            elif id(lease) not in self._inflight:
+                self._inflight.add(id(lease))
+                self._workers.submit(functools.partial(self._renew, lease))
+        except Exception:
+            log.exception("keeper failed on %s", lease.key)
 
     def _expire(self, lease: Lease) -> None:
         try:
@@ -465,34 +612,31 @@ def date_lock(
     safety_margin: float | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> Iterator[Lease]:
-    """Hold the lease for (scope, game_date) for the ``with`` block, renewing it."""
+    """Hold the lease for (scope, game_date) for the ``with`` block, renewing it.
+
+    Leaving the block raises LeaseLost (unless the body raised) when the lease was lost
+    at any point, including when the release finds the store no longer holds it.
+    """
     key = lease_key(scope, game_date)
     day = parse_game_date(game_date)
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < math.inf:
-        raise ConfigError(f"ttl must be a number of seconds > 0, got {ttl!r}")
-    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0:
-        raise ConfigError(f"wait must be a number of seconds >= 0, got {wait!r}")
-    if owner is not None and (not isinstance(owner, str) or not owner):
-        raise ConfigError(f"owner must be a non-empty string, got {owner!r}")
-    margin = ttl / 10 if safety_margin is None else safety_margin
-    if not 0 <= margin < ttl:
-        raise ConfigError(f"safety_margin must be in [0, ttl), got {safety_margin!r}")
+    the_ttl = _check_seconds("ttl", ttl, positive=True)
+    if the_ttl >= MAX_TTL:
+        raise ConfigError(f"ttl must be under {MAX_TTL:.0e} seconds, got {ttl!r}")
+    the_wait = _check_seconds("wait", wait, positive=False)
+    who = default_owner() if owner is None else _check_owner(owner)
+    if safety_margin is None:
+        margin = the_ttl / 10
+    else:
+        margin = _check_seconds("safety_margin", safety_margin, positive=False)
+        if margin >= the_ttl:
+            raise ConfigError(f"safety_margin must be in [0, ttl), got {safety_margin!r}")
     the_store = _resolve_store(store)
-    who = owner or default_owner()
+    the_store.check_key(key)
+    _refuse_nested(key, the_store)
     all_hooks = [*_global_hooks, *([hooks] if hooks else [])]
 
     lease = _acquire(
-        the_store,
-        key,
-        scope,
-        day,
-        who,
-        float(ttl),
-        float(wait),
-        clock,
-        margin,
-        on_lost,
-        all_hooks,
+        the_store, key, scope, day, who, the_ttl, the_wait, clock, margin, on_lost, all_hooks
     )
     token = _current.set((*_current.get(), lease))
     body_ok = False
@@ -500,14 +644,28 @@ def date_lock(
         yield lease
         body_ok = True
     finally:
-        _current.reset(token)
-        lost = lease.lost.is_set()
-        if not lost and body_ok and lease._clock() >= lease._deadline:
-            lease._mark_lost(lease._expiry_reason())
-            lost = True
-        lease._release()
-        if lost and body_ok:
-            raise LeaseLost(lease.key, lease.owner, lease.fence, lease.lost_reason)
+        try:
+            _current.reset(token)
+        except ValueError:
+            # Left from another thread or context (the token belongs to the entering
+            # one): the release below must still run, or the lease is renewed forever.
+            _current.set(tuple(held for held in _current.get() if held is not lease))
+        lost_reason = lease._finish()
+        if lost_reason is not None and body_ok:
+            raise LeaseLost(lease.key, lease.owner, lease.fence, lost_reason)
+
+
+def _refuse_nested(key: str, store: LeaseStore) -> None:
+    """A key this context already holds would wait for itself: say so at once."""
+    for held in _held_here():
+        if held.key == key and held.store is store and held.active:
+            raise LockBusy(
+                key,
+                held.owner,
+                held.remaining,
+                reason=f"already held by this process in this context (fence {held.fence}); "
+                "a nested date_lock on the same key would wait for itself",
+            )
 
 
 def _acquire(
@@ -546,6 +704,7 @@ def _acquire(
                     on_lost=on_lost,
                     hooks=hooks,
                 )
+                _note_held(lease)
                 _keeper.add(lease)
                 lease._emit("acquired")
                 log.debug("acquired %s as %s with fence %s", key, owner, lease.fence)
@@ -570,13 +729,82 @@ def _acquire(
             waiter.close()
 
 
-def current_lease() -> Lease | None:
-    """The innermost lease held by this context, or None."""
-    stack = _current.get()
-    return stack[-1] if stack else None
+def _held_here() -> tuple[Lease, ...]:
+    """The leases whose blocks this context is in, outermost first."""
+    return tuple(lease for lease in _current.get() if not lease.finished)
+
+
+def current_lease(game_date: object = None, *, for_write: bool = False) -> Lease | None:
+    """The lease this context holds: the innermost one, or with ``game_date`` the one
+    for that date (None when this context holds none for it).
+
+    ``for_write=True`` (what ``safe_merge`` passes) raises ConfigError when this context
+    holds no lease for ``game_date`` but another thread or context of this process
+    does: a write there would go out unchecked and unfenced. Carry the leases into
+    worker threads with :func:`bind_leases`.
+    """
+    stack = _held_here()
+    if game_date is None:
+        return stack[-1] if stack else None
+    day = parse_game_date(game_date)
+    for lease in reversed(stack):
+        if lease.game_date == day:
+            return lease
+    if for_write:
+        elsewhere = [lease.key for lease in _held_now() if lease.game_date == day]
+        if elsewhere:
+            raise ConfigError(
+                f"game_date {day} is locked by this process ({', '.join(sorted(elsewhere))}) "
+                "but not in this thread or context: run the code with "
+                "processor_guard.leases.bind_leases(fn) so it carries the lease"
+            )
+    return None
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def bind_leases(fn: Callable[P, R]) -> Callable[P, R]:
+    """``fn`` bound to the leases of the calling context, to run in another thread.
+
+    Inside a ``with date_lock`` or a ``@guarded`` run::
+
+        pool.submit(bind_leases(save_partition), rows)
+
+    ``current_lease()`` and ``safe_merge`` in the worker then see (and check, and
+    fence with) the caller's leases. Bind when submitting, not earlier: the leases are
+    the ones held at the time of the call to ``bind_leases``.
+    """
+    held = _held_here()
+
+    @functools.wraps(fn)
+    def bound(*args: P.args, **kwargs: P.kwargs) -> R:
+        token = _current.set(held)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _current.reset(token)
+
+    return bound
 
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _opts_dates(opts: object) -> list[dt.date]:
+    if not isinstance(opts, dict):
+        raise ConfigError(f"opts must be a dict, got {type(opts).__name__}")
+    # A key present with None is what JSON null gives: the same as leaving it out.
+    start = opts.get("start_date")
+    end = opts.get("end_date")
+    if start is None:
+        start = end
+    if end is None:
+        end = start
+    if start is None:
+        raise ConfigError("opts needs start_date and/or end_date")
+    return date_range(start, end)
 
 
 def guarded(
@@ -590,31 +818,42 @@ def guarded(
 ) -> Callable[[F], F]:
     """Decorate ``run(self, opts)``: lock every date of opts' start..end range first.
 
-    Busy: ``on_busy="raise"`` raises LockBusy (push endpoints answer non-2xx so Pub/Sub
-    redelivers); ``"skip"`` logs a WARNING and returns False. Never True for work not done.
+    ``wait`` is one budget for the whole range. Busy: ``on_busy="raise"`` raises
+    LockBusy (push endpoints answer non-2xx so Pub/Sub redelivers); ``"skip"`` logs a
+    WARNING and returns False. Never True for work not done: a date lost during the run
+    stops its writes and raises LeaseLost when the run returns.
     """
     if on_busy not in ("raise", "skip"):
         raise ConfigError(f"on_busy must be 'raise' or 'skip', got {on_busy!r}")
     if not callable(scope):
         _check_scope(scope)
+    budget = _check_seconds("wait", wait, positive=False)
 
     def decorate(run: F) -> F:
+        if inspect.iscoroutinefunction(run) or inspect.isasyncgenfunction(run):
+            # The wrapper would release the leases before the coroutine runs.
+            raise ConfigError(
+                f"guarded cannot wrap the async function {run.__qualname__!r} yet: "
+                "its body would run after the leases were released"
+            )
+
         @functools.wraps(run)
         def wrapper(self: Any, opts: Any, *args: Any, **kwargs: Any) -> Any:
-            if not isinstance(opts, dict):
-                raise ConfigError(f"opts must be a dict, got {type(opts).__name__}")
-            start = opts.get("start_date", opts.get("end_date"))
-            end = opts.get("end_date", start)
-            if start is None:
-                raise ConfigError("opts needs start_date and/or end_date")
-            days = date_range(start, end)
+            days = _opts_dates(opts)
             the_scope = _check_scope(scope(self) if callable(scope) else scope)
+            give_up = time.monotonic() + budget
             with ExitStack() as held:
+                leases: list[Lease] = []
                 for day in days:
                     try:
-                        held.enter_context(
+                        lease = held.enter_context(
                             date_lock(
-                                the_scope, day, store=store, ttl=ttl, wait=wait, **lock_options
+                                the_scope,
+                                day,
+                                store=store,
+                                ttl=ttl,
+                                wait=max(0.0, give_up - time.monotonic()),
+                                **lock_options,
                             )
                         )
                     except LockBusy as busy:
@@ -622,6 +861,10 @@ def guarded(
                             log.warning("skipping %s: %s", run.__qualname__, busy)
                             return False
                         raise
+                    leases.append(lease)
+                group = tuple(leases)
+                for lease in leases:
+                    lease.group = group
                 return run(self, opts, *args, **kwargs)
 
         return wrapper  # type: ignore[return-value]

@@ -80,7 +80,7 @@ def hold_once(store: Any, args: argparse.Namespace, round_no: int) -> dict[str, 
                 result["check"] = "passed"
             except LeaseLost:
                 result["check"] = "LeaseLost"
-            result["lost_event"] = lease.lost.is_set()
+            result["lost_event"] = lease.lost
         result["exit"] = "clean"
     except LeaseLost:
         if not announced:

@@ -16,7 +16,9 @@ class FaultyProxy:
 
     - ``latency``: seconds added before each chunk is forwarded (either direction);
     - ``stall()``: keep connections open but drop everything sent (a black hole);
-    - ``cut()``: close every connection and refuse new ones until ``heal()``.
+    - ``cut()``: close every connection and refuse new ones until ``heal()``;
+    - ``drop_replies(n)``: the server's next ``n`` replies never arrive: each is
+      swallowed and its connection reset, after the server acted on the request.
     """
 
     def __init__(self, target_port: int) -> None:
@@ -26,6 +28,7 @@ class FaultyProxy:
         self._cut = threading.Event()
         self._closing = threading.Event()
         self._conns: set[socket.socket] = set()
+        self._replies_to_drop = 0
         self._lock = threading.Lock()
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -51,12 +54,19 @@ class FaultyProxy:
             conns = list(self._conns)
             self._conns.clear()
         for s in conns:
-            with contextlib.suppress(OSError):
-                # RST rather than FIN, as a dead peer or a firewall would do.
-                s.setsockopt(
-                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
-                )
-                s.close()
+            _reset(s)
+
+    def drop_replies(self, n: int = 1) -> None:
+        """Swallow the server's next ``n`` replies, resetting their connections."""
+        with self._lock:
+            self._replies_to_drop = n
+
+    def _take_drop(self) -> bool:
+        with self._lock:
+            if self._replies_to_drop <= 0:
+                return False
+            self._replies_to_drop -= 1
+            return True
 
     def heal(self) -> None:
         """Back to a clean link with no added latency."""
@@ -112,6 +122,9 @@ class FaultyProxy:
                         return
                     if self._stalled.is_set():
                         continue  # lost in the black hole, as dropped packets would be
+                    if src is b and self._take_drop():
+                        _reset(a)  # the reply is lost with the connection
+                        return
                     if self.latency:
                         time.sleep(self.latency)
                     if self._cut.is_set():
@@ -129,3 +142,10 @@ class FaultyProxy:
             for s in (a, b):
                 with contextlib.suppress(OSError):
                     s.close()
+
+
+def _reset(s: socket.socket) -> None:
+    """Close with RST rather than FIN, as a dead peer or a firewall would do."""
+    with contextlib.suppress(OSError):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()

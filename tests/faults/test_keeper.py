@@ -85,7 +85,7 @@ def test_renewal_exception_is_logged_and_lease_lost_by_deadline(
         pytest.raises(LeaseLost) as err,
         date_lock("keeper", "2026-02-03", store=store, ttl=0.6, on_lost=lost.append) as lease,
     ):
-        assert lease.lost.wait(5), "renewals kept failing but the lease was never lost"
+        assert lease.wait_lost(5), "renewals kept failing but the lease was never lost"
         # Once lost, the body's own check refuses to go on.
         with pytest.raises(LeaseLost):
             lease.check()
@@ -123,7 +123,7 @@ def test_renewals_that_recover_keep_the_lease() -> None:
     store = Hiccup()
     with date_lock("keeper", "2026-02-03", store=store, ttl=0.9) as lease:
         while store.calls < 3:
-            assert not lease.lost.wait(0.05)
+            assert not lease.wait_lost(0.05)
         lease.check()
     assert store.holder(lease.key) is None
 
@@ -152,7 +152,7 @@ def test_failing_hooks_and_callbacks_are_logged_not_fatal(
         assert renewed.wait(3)
         lease.check()  # a failing hook does not cost the lease
         store.break_lease(lease.key)
-        assert lease.lost.wait(3)
+        assert lease.wait_lost(3)
 
     def logged(text: str) -> bool:
         return any(

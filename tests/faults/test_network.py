@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -104,7 +105,7 @@ def test_held_lease_is_lost_by_its_deadline(proxy: FaultyProxy, redis_url: str, 
         ) as lease,
     ):
         getattr(proxy, fault)()
-        assert lease.lost.wait(lease.remaining + 2.0), "lease outlived its deadline on a dead link"
+        assert lease.wait_lost(lease.remaining + 2.0), "lease outlived its deadline on a dead link"
         with pytest.raises(LeaseLost):
             lease.check()
         # Lost on the deadline, not before a renewal could have saved it (the callback
@@ -143,7 +144,7 @@ def test_slow_link_under_the_timeout_keeps_the_lease(proxy: FaultyProxy) -> None
     hooks = LeaseHooks(renewed=lambda lease: renewed.append(lease.fence))
     with date_lock("net", "2026-02-03", store=store, ttl=ttl, hooks=hooks) as lease:
         while len(renewed) < 4:  # more than a ttl's worth of renewals over the slow link
-            assert not lease.lost.wait(0.05), lease.lost_reason
+            assert not lease.wait_lost(0.05), lease.lost_reason
         lease.check()
     assert set(renewed) == {lease.fence}
     store.close()
@@ -198,3 +199,78 @@ def test_waiter_on_a_dead_link_is_unavailable_never_busy_or_acquired(
     assert outcome == ["unavailable"]
     store.close()
     healthy.close()
+
+
+def test_an_acquire_whose_reply_is_lost_gets_its_own_lease(
+    proxy: FaultyProxy, redis_url: str
+) -> None:
+    store = short_fused(proxy.port, timeout=2.0)
+    healthy = direct(redis_url)
+    assert store.holder("net:2026-02-03") is None  # connected, scripts loaded
+    proxy.drop_replies(1)  # the server runs the acquire script; its reply is lost
+    with date_lock("net", "2026-02-03", store=store, ttl=10, owner="me") as lease:
+        held = healthy.holder(lease.key)
+        assert held is not None and (held.owner, held.fence) == ("me", lease.fence)
+    assert healthy.holder(lease.key) is None, "an orphan lease was left behind"
+    store.close()
+    healthy.close()
+
+
+def test_a_caller_whose_acquire_failed_ambiguously_is_not_locked_out(
+    proxy: FaultyProxy, redis_url: str
+) -> None:
+    store = short_fused(proxy.port, timeout=2.0)
+    healthy = direct(redis_url)
+    assert store.holder("net:2026-02-03") is None
+    proxy.drop_replies(2)  # the call and its one retry both lose their replies
+    with (
+        pytest.raises(StoreUnavailable),
+        date_lock("net", "2026-02-03", store=store, ttl=10, owner="me"),
+    ):
+        pytest.fail("acquired without an answer")
+    orphan = healthy.holder("net:2026-02-03")
+    assert orphan is not None and orphan.owner == "me"  # the server did take it
+    with date_lock("net", "2026-02-03", store=store, ttl=10, owner="me", wait=0) as lease:
+        assert lease.fence == orphan.fence
+        held = healthy.holder(lease.key)
+        assert held is not None and held.remaining is not None and held.remaining > 9
+    assert healthy.holder("net:2026-02-03") is None
+    store.close()
+    healthy.close()
+
+
+def test_a_release_whose_reply_is_lost_is_neither_a_loss_nor_a_warning(
+    proxy: FaultyProxy, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = short_fused(proxy.port, timeout=2.0)
+    healthy = direct(redis_url)
+    caplog.set_level(logging.WARNING, logger="processor_guard")
+    with date_lock("net", "2026-02-03", store=store, ttl=30) as lease:
+        proxy.drop_replies(1)  # the release runs on the server; its reply is lost
+    assert not lease.lost
+    assert healthy.holder(lease.key) is None
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    store.close()
+    healthy.close()
+
+
+def test_renewal_capacity_does_not_limit_how_many_leases_a_process_keeps(
+    proxy: FaultyProxy,
+) -> None:
+    from contextlib import ExitStack
+
+    store = short_fused(proxy.port, timeout=2.0)
+    ttl, count = 3.0, 40  # the first renewal also opens a connection: 3 more round trips
+    lost: list[Lease] = []
+    with ExitStack() as held:
+        for i in range(count):
+            held.enter_context(
+                date_lock(f"cap{i}", "2026-02-03", store=store, ttl=ttl, on_lost=lost.append)
+            )
+        # Every renewal is answered in ~0.3 s, well inside its ttl/3 period; one after
+        # another they would take 40 x 0.3 s = 12 s per round.
+        proxy.latency = 0.15
+        time.sleep(2 * ttl)
+        proxy.latency = 0.0
+        assert [lease.key for lease in lost] == []
+    store.close()

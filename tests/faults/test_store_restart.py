@@ -33,7 +33,7 @@ def hold_through_a_crash(
         fences.append(lease.fence)
         kill()
         # Lost at the deadline (the slack is only for a loaded machine's scheduling).
-        assert lease.lost.wait(lease.remaining + ttl), "held past the deadline with the store down"
+        assert lease.wait_lost(lease.remaining + ttl), "held past the deadline with the store down"
         with pytest.raises(LeaseLost):
             lease.check()
     restart()

@@ -67,7 +67,7 @@ def test_unreachable_store_loses_lease_by_deadline(caplog: pytest.LogCaptureFixt
     caplog.set_level(logging.WARNING, logger="processor_guard")
     lock = date_lock("pgs", "2026-02-03", store=store, ttl=0.6, on_lost=lost.append)
     with pytest.raises(LeaseLost) as err, lock as lease:
-        assert lease.lost.wait(2.0), "lease not marked lost after its deadline"
+        assert lease.wait_lost(2.0), "lease not marked lost after its deadline"
     assert lost == [lease]
     assert store.renew_calls >= 1
     assert "store unreachable" in err.value.reason

@@ -34,4 +34,4 @@ def test_stolen_lease_is_lost_and_exit_raises() -> None:
     store = MemoryStore()
     with pytest.raises(LeaseLost), date_lock("pgs", "2026-02-03", store=store, ttl=0.3) as lease:
         store.break_lease(lease.key)
-        assert lease.lost.wait(1.0)
+        assert lease.wait_lost(1.0)

@@ -384,7 +384,7 @@ def test_emulator_killed_mid_hold_loses_lease_then_restart_gives_higher_fence(
         ):
             first = lease.fence
             firestore_emulator.kill()
-            assert lease.lost.wait(15), "lease not lost after the emulator died"
+            assert lease.wait_lost(15), "lease not lost after the emulator died"
             with pytest.raises(LeaseLost):
                 lease.check()
 
@@ -519,3 +519,84 @@ def test_compare_and_set_passes_server_read_time(firestore_client: Any) -> None:
     assert outcome.written and outcome.before is None and outcome.attempts == 1
     assert before <= outcome.read_time <= server_now(firestore_client)
     assert ref.get().to_dict()["at"] == outcome.read_time
+
+
+# --------------------------------------------------------------------------- lost replies
+
+
+class _LosesWriteReplies:
+    """A Firestore client whose next ``n`` writes reach the server and then raise
+    ServiceUnavailable, as a reply lost on the network would (the emulator cannot)."""
+
+    def __init__(self, client: Any, n: int) -> None:
+        self._client = client
+        self.n = n
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def collection(self, name: str) -> Any:
+        outer = self
+
+        class Coll:
+            def __getattr__(self, attr: str) -> Any:
+                return getattr(outer._client.collection(name), attr)
+
+            def document(self, key: str) -> Any:
+                return outer._ref(outer._client.collection(name).document(key))
+
+        return Coll()
+
+    def _ref(self, ref: Any) -> Any:
+        from google.api_core.exceptions import ServiceUnavailable
+
+        outer = self
+
+        class Ref:
+            def __getattr__(self, attr: str) -> Any:
+                return getattr(ref, attr)
+
+            def _lose(self, result: Any) -> Any:
+                if outer.n > 0:
+                    outer.n -= 1
+                    raise ServiceUnavailable("reply lost")
+                return result
+
+            def create(self, *args: Any, **kwargs: Any) -> Any:
+                return self._lose(ref.create(*args, **kwargs))
+
+            def update(self, *args: Any, **kwargs: Any) -> Any:
+                return self._lose(ref.update(*args, **kwargs))
+
+        return Ref()
+
+
+def test_an_acquire_whose_reply_is_lost_gets_its_own_lease(
+    firestore_client: Any, collection: str
+) -> None:
+    store = FirestoreStore(_LosesWriteReplies(firestore_client, 1), collection=collection)
+    with date_lock("player_game_summary", "2026-02-03", store=store, ttl=10, owner="me") as lease:
+        held = store.holder(KEY)
+        assert held is not None and (held.owner, held.fence) == ("me", lease.fence)
+    assert store.holder(KEY) is None
+
+
+def test_a_caller_whose_acquire_failed_ambiguously_is_not_locked_out(
+    firestore_client: Any, collection: str
+) -> None:
+    # The write lands, its reply is lost, and so is the check that follows it.
+    lossy = _LosesWriteReplies(firestore_client, 1)
+    store = FirestoreStore(lossy, collection=collection)
+    real_landed = store._landed
+    store._landed = lambda *a: False  # type: ignore[method-assign]
+    with (
+        pytest.raises(StoreUnavailable),
+        date_lock("player_game_summary", "2026-02-03", store=store, ttl=10, owner="me"),
+    ):
+        pytest.fail("acquired without an answer")
+    store._landed = real_landed  # type: ignore[method-assign]
+    orphan = store.holder(KEY)
+    assert orphan is not None and orphan.owner == "me"
+    with date_lock("player_game_summary", "2026-02-03", store=store, ttl=10, owner="me") as lease:
+        assert lease.fence == orphan.fence
+    assert store.holder(KEY) is None

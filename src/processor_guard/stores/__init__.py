@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import threading
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -29,6 +32,7 @@ __all__ = [
     "SQLiteStore",
     "fence_seed",
     "open_store",
+    "redacted",
 ]
 
 SUPPORTED_SCHEMES = ("redis", "rediss", "firestore", "sqlite", "memory")
@@ -55,9 +59,21 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def redacted(url: object) -> object:
+    """``url`` with any password replaced by ``***``: the only form errors may show."""
+    if not isinstance(url, str):
+        return url
+    return re.sub(r"(?<=://)([^/@?#]*?):[^/@?#]*@", r"\1:***@", url)
+
+
 def _bad(url: object, why: str) -> ConfigError:
     schemes = ", ".join(f"{s}://" for s in SUPPORTED_SCHEMES)
-    return ConfigError(f"bad store URL {url!r}: {why} (supported schemes: {schemes})")
+    if isinstance(url, str):
+        with contextlib.suppress(ValueError):
+            password = urlsplit(url).password
+            if password:
+                why = why.replace(password, "***")
+    return ConfigError(f"bad store URL {redacted(url)!r}: {why} (supported schemes: {schemes})")
 
 
 def open_store(url: str) -> LeaseStore:
@@ -83,6 +99,8 @@ def open_store(url: str) -> LeaseStore:
     if scheme == "sqlite":
         if not parts.path or parts.path == "/":
             raise _bad(url, "sqlite needs a file path, e.g. sqlite:///tmp/leases.db")
+        if not os.path.isdir(os.path.dirname(parts.path) or "."):
+            raise _bad(url, f"the directory of {parts.path!r} does not exist")
         from .sqlite_store import SQLiteStore
 
         return SQLiteStore(parts.path)
@@ -93,10 +111,16 @@ def open_store(url: str) -> LeaseStore:
             _ = parts.port
         except ValueError as exc:
             raise _bad(url, str(exc)) from None
+        db = parts.path.strip("/")
+        if db and not db.isdigit():
+            raise _bad(url, f"the redis database must be a number, got {db!r}")
         with needs_extra("redis", f"the {scheme}:// lease store"):
             from .redis_store import RedisStore
-
-        return RedisStore.from_url(url)
+        try:
+            # redis-py knows its schemes in lower case only.
+            return RedisStore.from_url(scheme + url.strip()[len(parts.scheme) :])
+        except (ValueError, TypeError) as exc:
+            raise _bad(url, f"bad redis option: {exc}") from None
     # firestore://PROJECT[/COLLECTION]
     project = parts.netloc
     collection = parts.path.strip("/")

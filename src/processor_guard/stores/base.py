@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import ClassVar
 
+from ..errors import ConfigError
+
 __all__ = [
     "AcquireResult",
     "Holder",
@@ -92,6 +94,17 @@ class LeaseStore(ABC):
     """
 
     scheme: ClassVar[str] = ""
+    #: The longest key (UTF-8 bytes) the store can hold; keys are ``scope:YYYY-MM-DD``.
+    max_key_bytes: ClassVar[int] = 1024
+
+    def check_key(self, key: str) -> None:
+        """ConfigError when ``key`` is longer than this store can hold (nothing written)."""
+        size = len(key.encode())
+        if size > self.max_key_bytes:
+            raise ConfigError(
+                f"scope is too long for the {self.scheme or type(self).__name__} store: "
+                f"lease key {key[:40]!r}... is {size} bytes, at most {self.max_key_bytes}"
+            )
 
     @abstractmethod
     def try_acquire(self, key: str, owner: str, ttl: float) -> AcquireResult:

@@ -12,7 +12,6 @@ milliseconds per round, and nothing is written from a stale read.
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import random
 import time
@@ -32,6 +31,7 @@ __all__ = [
     "read_doc",
     "read_retry",
     "store_unavailable",
+    "update_payload",
 ]
 
 Doc = dict[str, Any]
@@ -114,9 +114,32 @@ class CasOutcome:
     gave_up: bool = False
 
 
-def _update_payload(before: Doc, after: Doc) -> Doc:
+def _private_copy(value: Any) -> Any:
+    """A copy ``decide`` may change freely: maps and arrays are copied, every other
+    Firestore value (str, bytes, numbers, timestamps, references) is immutable and
+    shared (deepcopy rebuilds every timestamp: a measurable share of a lease cycle)."""
+    if isinstance(value, dict):
+        return {k: _private_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_private_copy(v) for v in value]
+    return value
+
+
+def _changed(old: Any, new: Any) -> bool:
+    # Firestore tells 1, 1.0 and True apart; Python's == does not.
+    return type(old) is not type(new) or bool(old != new)
+
+
+def update_payload(before: Doc, after: Doc) -> Doc:
+    """The ``update()`` argument turning ``before`` into ``after``: the top-level fields
+    that changed, and the removed ones deleted (the write's update-time precondition
+    guarantees the rest still equals ``before``; fewer fields encode and send faster)."""
     # Quote every top-level name so dots or odd characters are not read as paths.
-    payload: Doc = {quote_field(name): value for name, value in after.items()}
+    payload: Doc = {
+        quote_field(name): value
+        for name, value in after.items()
+        if name not in before or _changed(before[name], value)
+    }
     for name in before:
         if name not in after:
             payload[quote_field(name)] = delete_field()
@@ -158,7 +181,7 @@ def compare_and_set(
         snap = read_doc(doc_ref, key=key, timeout=timeout)
         before: Doc | None = snap.to_dict() if snap.exists else None
         read_time: dt.datetime = snap.read_time
-        after = decide(copy.deepcopy(before), read_time)
+        after = decide(_private_copy(before), read_time)
         if after is None or after == before:
             return CasOutcome(before, before, False, read_time, snap.update_time, attempt)
         try:
@@ -167,7 +190,7 @@ def compare_and_set(
             else:
                 option = client.write_option(last_update_time=snap.update_time)
                 result = doc_ref.update(
-                    _update_payload(before, after), option=option, retry=None, timeout=timeout
+                    update_payload(before, after), option=option, retry=None, timeout=timeout
                 )
         except conflict_errors():
             out_of_time = give_up_at is not None and clock() >= give_up_at

@@ -11,7 +11,9 @@ Document ``{collection}/{key}`` (key ``scope:YYYY-MM-DD``) holds::
 
 Guarantees:
 
-- Acquire, renew, release and break are one read and one conditional write each:
+- Acquire, renew, release and break are one read and one conditional write each
+  (release is the write alone while the document is still what this store last wrote
+  for the lease: the precondition is that write's update time):
   ``create()`` when the document is absent, else an update with an ``update_time``
   precondition. No read-write transaction is used, so contention never waits on the
   server's lock timeout (about 2 s per conflict on the emulator); a writer that loses
@@ -40,7 +42,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import ConfigError, MissingDependency
+from ..errors import ConfigError, MissingDependency, StoreUnavailable
 from .base import AcquireResult, Holder, LeaseStore, ReleaseWaiter, fence_seed
 from .firestore_cas import (
     DEFAULT_TIMEOUT,
@@ -50,11 +52,16 @@ from .firestore_cas import (
     read_doc,
     read_retry,
     store_unavailable,
+    update_payload,
 )
 
 __all__ = ["DEFAULT_COLLECTION", "FirestoreStore"]
 
 DEFAULT_COLLECTION = "processor_guard_leases"
+# Acquisitions with unknown outcome remembered for the owner's next call (bounded).
+MAX_UNANSWERED = 1024
+# Leases whose last written state is remembered for a one-write release (bounded).
+MAX_REMEMBERED = 4096
 Doc = dict[str, Any]
 log = logging.getLogger("processor_guard.stores.firestore")
 
@@ -135,6 +142,7 @@ class FirestoreStore(LeaseStore):
     """
 
     scheme = "firestore"
+    max_key_bytes = 1500  # Firestore document ids
 
     def __init__(
         self,
@@ -157,6 +165,10 @@ class FirestoreStore(LeaseStore):
         self.listen = listen
         self._owns_client = owns_client
         self._coll = client.collection(self.collection)
+        # (key, owner) -> fence of an acquisition whose write had no answer.
+        self._unanswered: dict[tuple[str, str], int] = {}
+        # (key, owner, fence) -> (update time, document) of this store's last write.
+        self._last_write: dict[tuple[str, str, int], tuple[dt.datetime, Doc]] = {}
 
     @classmethod
     def from_project(cls, project: str, collection: str | None = None) -> FirestoreStore:
@@ -220,16 +232,26 @@ class FirestoreStore(LeaseStore):
     def try_acquire(self, key: str, owner: str, ttl: float) -> AcquireResult:
         _check_ttl(ttl)
         busy: list[Holder | None] = [None]
+        # The fence of an earlier call of this owner whose write had no answer: if the
+        # document shows it, that write landed and this call takes the lease over.
+        unanswered = self._unanswered.pop((key, owner), None)
+        tried: list[int] = []
 
         def decide(doc: Doc | None, now: dt.datetime) -> Doc | None:
+            expires = now + dt.timedelta(seconds=ttl)
             if _live(doc, now):
+                assert doc is not None
+                if unanswered is not None and self._ours(doc, owner, unanswered):
+                    tried[:] = [unanswered]
+                    doc.update(expires=expires, expire_at=expires + self.cleanup_after)
+                    return doc
                 busy[0] = self._holder(key, doc, now)
                 return None
-            expires = now + dt.timedelta(seconds=ttl)
+            tried[:] = [self._next_fence(doc, now)]
             new = dict(doc or {})
             new.update(
                 owner=owner,
-                fence=self._next_fence(doc, now),
+                fence=tried[0],
                 expires=expires,
                 expire_at=expires + self.cleanup_after,
                 ttl=float(ttl),
@@ -240,10 +262,19 @@ class FirestoreStore(LeaseStore):
             return new
 
         # A lost race re-reads at once: the winner then shows as busy.
-        outcome = self._cas(key, decide, max_attempts=4, base_delay=0.0)
+        try:
+            outcome = self._cas(key, decide, max_attempts=4, base_delay=0.0)
+        except StoreUnavailable:
+            if tried and self._landed(key, owner, tried[0]):
+                return AcquireResult(True, fence=tried[0])
+            if tried and len(self._unanswered) < MAX_UNANSWERED:
+                self._unanswered[(key, owner)] = tried[0]
+            raise
         if outcome.written:
             assert outcome.after is not None
-            return AcquireResult(True, fence=int(outcome.after["fence"]))
+            fence = int(outcome.after["fence"])
+            self._remember(key, owner, fence, outcome)
+            return AcquireResult(True, fence=fence)
         return AcquireResult(False, holder=busy[0])
 
     def renew(self, key: str, owner: str, fence: int, ttl: float) -> bool:
@@ -260,9 +291,52 @@ class FirestoreStore(LeaseStore):
         outcome = self._cas(key, decide, max_attempts=20, base_delay=0.005)
         if outcome.gave_up:
             raise store_unavailable(TimeoutError("too many conflicting writes"), key, "renew")
+        if outcome.written:
+            self._remember(key, owner, fence, outcome)
+        else:
+            self._last_write.pop((key, owner, fence), None)
         return outcome.written
 
+    def _remember(self, key: str, owner: str, fence: int, outcome: CasOutcome) -> None:
+        """Keep the state this store last wrote for a lease, for a one-RPC release."""
+        if len(self._last_write) >= MAX_REMEMBERED:
+            self._last_write.clear()  # leases lost without release: start over
+        if outcome.after is not None and outcome.update_time is not None:
+            self._last_write[(key, owner, fence)] = (outcome.update_time, outcome.after)
+
+    def _release_as_last_written(self, key: str, owner: str, fence: int) -> bool:
+        """Release in one conditional write when the document is still exactly what
+        this store last wrote for the lease; False when it changed (or is unknown)."""
+        from google.api_core import exceptions as gexc
+        from google.cloud.firestore_v1 import SERVER_TIMESTAMP
+
+        last = self._last_write.pop((key, owner, fence), None)
+        if last is None:
+            return False
+        update_time, before = last
+        # Unchanged since our write, so still live: its expiry is later than now and
+        # bounds the clean-up time without a read of the server's clock.
+        after = dict(before, owner=None, expires=None, released_at=SERVER_TIMESTAMP)
+        after["expire_at"] = before["expires"] + self.cleanup_after
+        try:
+            self._ref(key).update(
+                update_payload(before, after),
+                option=self.client.write_option(last_update_time=update_time),
+                retry=None,
+                timeout=self.timeout,
+            )
+        except (gexc.FailedPrecondition, gexc.NotFound):
+            return False  # written by someone else since: decide on a fresh read
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise store_unavailable(exc, key, "release") from exc
+            raise
+        return True
+
     def release(self, key: str, owner: str, fence: int) -> bool:
+        if self._release_as_last_written(key, owner, fence):
+            return True
+
         def decide(doc: Doc | None, now: dt.datetime) -> Doc | None:
             if not self._ours(doc, owner, fence):
                 return None
@@ -276,6 +350,15 @@ class FirestoreStore(LeaseStore):
         if outcome.gave_up:
             raise store_unavailable(TimeoutError("too many conflicting writes"), key, "release")
         return outcome.written
+
+    def _landed(self, key: str, owner: str, fence: int) -> bool:
+        """After a write with no answer: does the document show it (one read)?"""
+        try:
+            snap = read_doc(self._ref(key), key=key, timeout=self.timeout)
+        except StoreUnavailable:
+            return False
+        doc = snap.to_dict() if snap.exists else None
+        return self._ours(doc, owner, fence) and _live(doc, snap.read_time)
 
     @staticmethod
     def _ours(doc: Doc | None, owner: str, fence: int) -> bool:

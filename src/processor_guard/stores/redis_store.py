@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import re
 import threading
 import time
 import uuid
@@ -35,7 +37,13 @@ __all__ = ["RedisStore"]
 # the fence_seed rule, so fences keep rising even when Redis lost the counter (restart
 # without data, eviction) or came back from an old snapshot. Lua numbers are doubles:
 # exact up to 2**53 (year 2255 in µs); '%.0f' writes them back without an exponent.
-_NEXT_FENCE = """
+# Since server time alone keeps fences rising, a counter idle for FENCE_KEEP_MS (30
+# days) expires: one small key per key taken in the last 30 days, not one forever. The
+# counter only matters if the server clock went back by more than that since.
+# Scripts that call TIME and then write need effect replication: Redis >= 5 (the
+# default from 5 on; checked once per server by _ScriptRunner).
+FENCE_KEEP_MS = 30 * 86_400_000
+_NEXT_FENCE = f"""
 local function next_fence(counter_key)
     local t = redis.call('TIME')
     local fence = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -43,7 +51,7 @@ local function next_fence(counter_key)
     if stored and stored + 1 > fence then
         fence = stored + 1
     end
-    redis.call('SET', counter_key, string.format('%.0f', fence))
+    redis.call('SET', counter_key, string.format('%.0f', fence), 'PX', {FENCE_KEEP_MS})
     return fence
 end
 """
@@ -88,17 +96,27 @@ local function hand_over(lease_key, queue_key, woken_key, channel_prefix, reserv
 end
 """
 
-# KEYS[1] lease key, KEYS[2] fence counter (never expires), KEYS[3] waiter queue,
-# KEYS[4] woken mark
+# KEYS[1] lease key, KEYS[2] fence counter, KEYS[3] waiter queue, KEYS[4] woken mark,
+# KEYS[5] attempt mark
 # ARGV[1] owner, ARGV[2] ttl in milliseconds,
-# ARGV[3] the caller's waiter id ('' when not waiting), ARGV[4] its place in the queue
+# ARGV[3] the caller's waiter id ('' when not waiting), ARGV[4] its place in the queue,
+# ARGV[5] the call's attempt id
 # Returns the new fence (integer) when acquired, or {value, pttl_ms} of the live holder
 # (or hand-over) when busy; a busy waiter keeps its place in the queue. Expiry is the
-# server's PX, never a client clock.
+# server's PX, never a client clock. The attempt mark names the call that took the
+# lease: the same call sent again (its reply was lost) gets its fence back, with the
+# expiry restarted, instead of finding itself "busy".
 ACQUIRE_SCRIPT = (
     _NEXT_FENCE
     + """
 local held = redis.call('GET', KEYS[1])
+if held and redis.call('GET', KEYS[5]) == ARGV[5] then
+    local fence = string.match(held, '^(%d+):')
+    if fence and held == fence .. ':' .. ARGV[1] then
+        redis.call('PEXPIRE', KEYS[1], ARGV[2])
+        return tonumber(fence)
+    end
+end
 if held and (ARGV[3] == '' or held ~= '~' .. ARGV[3]) then
     if ARGV[3] ~= '' then
         redis.call('ZADD', KEYS[3], 'NX', ARGV[4], ARGV[3])
@@ -113,6 +131,7 @@ if ARGV[3] ~= '' then
 end
 local fence = next_fence(KEYS[2])
 redis.call('SET', KEYS[1], string.format('%.0f', fence) .. ':' .. ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[5], ARGV[5], 'PX', ARGV[2])
 return fence
 """
 )
@@ -128,17 +147,24 @@ end
 return 0
 """
 
-# KEYS[1] lease key, KEYS[2] waiter queue, KEYS[3] woken mark
+# KEYS[1] lease key, KEYS[2] waiter queue, KEYS[3] woken mark, KEYS[4] attempt mark
 # ARGV[1] "<fence>:<owner>" of the caller's lease, ARGV[2] waiter channel prefix,
-# ARGV[3] hand-over reservation in milliseconds, ARGV[4] barging window in microseconds
-# Returns 1 when the caller's lease was deleted (and the next waiter told), else 0.
+# ARGV[3] hand-over reservation in milliseconds, ARGV[4] barging window in microseconds,
+# ARGV[5] the call's attempt id
+# Returns 1 when the caller's lease was deleted (and the next waiter told), else 0; the
+# same call sent again after its reply was lost finds its attempt mark and returns 1.
 RELEASE_SCRIPT = (
     _HAND_OVER
     + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    if redis.call('GET', KEYS[4]) == ARGV[5] then
+        return 1
+    end
     return 0
 end
 redis.call('DEL', KEYS[1])
+-- A re-sent call comes within seconds (one retry, socket timeouts of seconds).
+redis.call('SET', KEYS[4], ARGV[5], 'PX', 60000)
 hand_over(KEYS[1], KEYS[2], KEYS[3], ARGV[2], ARGV[3], ARGV[4])
 return 1
 """
@@ -209,7 +235,8 @@ return false
 # free again after this long.
 HANDOVER_MS = 250
 HANDOVER_OWNER = "(handing over to the next waiter)"
-# How often a waiter that was told and lost the key to a barger retries on its own.
+# How often a waiter that was told and lost the key to a barger retries on its own,
+# until its barging window ends.
 LOST_POLL = 0.01
 # RedisStore's default barging window (seconds): while the longest waiter has waited
 # less than this, a release leaves the key to whoever comes first (often the releaser,
@@ -227,6 +254,12 @@ HANDOFF_AFTER = 0.1
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0
 _ERRORS = (redis.RedisError, OSError)
+# Oldest server the scripts run correctly on (see _NEXT_FENCE).
+MIN_REDIS = (5, 0)
+# Longest ttl (seconds) a lease may ask for: PX stays far inside Redis's range.
+MAX_TTL = 1e9
+# Acquisitions with unknown outcome remembered for the owner's next call (bounded).
+MAX_UNANSWERED = 1024
 # Subscribed connections kept for the next waiter on the same key.
 MAX_IDLE_WAITERS = 8
 
@@ -242,6 +275,29 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def ttl_ms(ttl: float) -> int:
+    """A lease ttl as Redis PX: rounded up, plus 1 ms for the server clock's 1 ms step
+    (a key set late in a millisecond would otherwise expire up to 1 ms early), so the
+    server never expires a lease before its holder's local deadline."""
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < MAX_TTL:
+        raise ConfigError(f"ttl must be a number of seconds in (0, {MAX_TTL:.0e}), got {ttl!r}")
+    return math.ceil(ttl * 1000) + 1
+
+
+def check_server_version(info: str) -> None:
+    """ConfigError unless ``INFO server`` text shows Redis >= 5 (MIN_REDIS)."""
+    found = re.search(r"^redis_version:(\d+)\.(\d+)", info, re.MULTILINE)
+    if found is None:
+        return  # a Redis-compatible server that does not say: let its scripts decide
+    version = (int(found.group(1)), int(found.group(2)))
+    if version < MIN_REDIS:
+        raise ConfigError(
+            f"Redis {version[0]}.{version[1]} is not supported: processor_guard needs "
+            f"Redis {MIN_REDIS[0]}.{MIN_REDIS[1]} or later (its scripts read the server "
+            "time before writing, which needs effect replication)"
+        )
 
 
 def _text(value: bytes | str) -> str:
@@ -267,6 +323,8 @@ def _as_store_unavailable(key: str | None) -> Iterator[None]:
     try:
         yield
     except _ERRORS as exc:
+        if "DB index" in str(exc):
+            raise ConfigError(f"the store URL's redis database does not exist: {exc}") from None
         what = f"key {key!r}" if key is not None else "holders"
         raise StoreUnavailable(f"redis unreachable for {what}: {exc}", key=key) from exc
 
@@ -291,6 +349,9 @@ class _PubSubWaiter(ReleaseWaiter):
         self.queued = False  # in the key's queue (joined and not yet served or left)
         self.told = False  # a release told it the key was free
         self.lost = False  # told, but a barger took the key first: no new notice comes
+        # (monotonic) When its barging window ends: from then on a release hands the
+        # key over to it with a notice, so it need not poll.
+        self.window_ends = 0.0
         self.registry: dict[str, _PubSubWaiter] | None = None  # its thread's waiters
         self._pid = _pid
         self._pubsub = store.client.pubsub()  # type: ignore[no-untyped-call]
@@ -322,9 +383,10 @@ class _PubSubWaiter(ReleaseWaiter):
         return True
 
     def wait(self, timeout: float) -> bool:
-        if self.lost:
+        if self.lost and time.monotonic() < self.window_ends:
             # Releases within the barging window no longer tell it (its woken mark
-            # stays): poll, so a key left free is not missed for long.
+            # stays): poll, so a key left free is not missed for long. After the window
+            # the next release reserves the key for it and says so.
             timeout = min(timeout, LOST_POLL)
         deadline = time.monotonic() + timeout
         while True:
@@ -390,13 +452,19 @@ class _ScriptRunner:
             return conn
 
     def _load_scripts(self, conn: Connection) -> None:
-        """Load every script in one round trip (a new or restarted server knows none)."""
+        """Check the server's version and load every script, in one round trip (a new
+        or restarted server knows none)."""
         scripts = self._scripts
         conn.send_packed_command(  # type: ignore[no-untyped-call]
-            [c for s in scripts for c in conn.pack_command("SCRIPT", "LOAD", s.script)]  # type: ignore[no-untyped-call]
+            [
+                *conn.pack_command("INFO", "server"),  # type: ignore[no-untyped-call]
+                *[c for s in scripts for c in conn.pack_command("SCRIPT", "LOAD", s.script)],  # type: ignore[no-untyped-call]
+            ]
         )
+        info = conn.read_response()
         for s in scripts:
             s.sha = _text(conn.read_response())
+        check_server_version(_text(info))
 
     def _pack(self, script: Script, numkeys: int, args: tuple[str | int, ...]) -> bytes:
         """EVALSHA in RESP, packed here: redis-py's general packer costs microseconds."""
@@ -418,6 +486,9 @@ class _ScriptRunner:
             try:
                 return self._client.evalsha(script.sha, numkeys, *keys_and_args)
             except NoScriptError:
+                server = self._client.info("server")
+                if isinstance(server, dict) and "redis_version" in server:
+                    check_server_version(f"redis_version:{server['redis_version']}")
                 script.sha = self._client.script_load(script.script)
                 return self._client.evalsha(script.sha, numkeys, *keys_and_args)
         for attempt in (0, 1):
@@ -485,6 +556,8 @@ class RedisStore(LeaseStore):
         self._waiters_pid = _pid
         self._waiters_lock = threading.Lock()
         self._closed = False
+        # (key, owner) -> attempt id of an acquisition whose reply never came.
+        self._unanswered: dict[tuple[str, str], str] = {}
         self._acquire = client.register_script(ACQUIRE_SCRIPT)
         self._renew = client.register_script(RENEW_SCRIPT)
         self._release = client.register_script(RELEASE_SCRIPT)
@@ -550,19 +623,29 @@ class RedisStore(LeaseStore):
         waiting: dict[str, _PubSubWaiter] | None = getattr(self._waiting, "by_key", None)
         waiter = waiting.get(key) if waiting else None
         wid, place = (waiter.id, waiter.place) if waiter is not None else ("", "")
-        with _as_store_unavailable(key):
-            reply = self._runner.evalsha(
-                self._acquire,
-                4,
-                prefix + "lease",
-                prefix + "fence",
-                prefix + "queue",
-                prefix + "woken",
-                owner,
-                int(ttl * 1000) or 1,
-                wid,
-                place,
-            )
+        # An earlier call of this owner whose outcome is unknown may hold the key: this
+        # call sends the same attempt id, so it gets that lease instead of "busy".
+        attempt = self._unanswered.pop((key, owner), None) or os.urandom(8).hex()
+        try:
+            with _as_store_unavailable(key):
+                reply = self._runner.evalsha(
+                    self._acquire,
+                    5,
+                    prefix + "lease",
+                    prefix + "fence",
+                    prefix + "queue",
+                    prefix + "woken",
+                    prefix + "attempt",
+                    owner,
+                    ttl_ms(ttl),
+                    wid,
+                    place,
+                    attempt,
+                )
+        except StoreUnavailable:
+            if len(self._unanswered) < MAX_UNANSWERED:
+                self._unanswered[(key, owner)] = attempt
+            raise
         if type(reply) is int:
             if waiter is not None and waiting is not None:
                 waiter.queued = False  # the script took it out of the queue
@@ -573,9 +656,10 @@ class RedisStore(LeaseStore):
         return AcquireResult(False, holder=_holder(key, reply))
 
     def renew(self, key: str, owner: str, fence: int, ttl: float) -> bool:
+        # Sent again after a lost reply, the script finds the same value and answers 1.
         with _as_store_unavailable(key):
             reply = self._runner.evalsha(
-                self._renew, 1, self.lease_key(key), f"{fence}:{owner}", int(ttl * 1000) or 1
+                self._renew, 1, self.lease_key(key), f"{fence}:{owner}", ttl_ms(ttl)
             )
         return bool(reply == 1)
 
@@ -584,14 +668,16 @@ class RedisStore(LeaseStore):
         with _as_store_unavailable(key):
             reply = self._runner.evalsha(
                 self._release,
-                3,
+                4,
                 prefix + "lease",
                 prefix + "queue",
                 prefix + "woken",
+                prefix + "attempt",
                 f"{fence}:{owner}",
                 prefix + "released:",
                 HANDOVER_MS,
                 self._after_us,
+                os.urandom(8).hex(),
             )
         return bool(reply == 1)
 
@@ -649,6 +735,7 @@ class RedisStore(LeaseStore):
             waiter.discard()
             raise
         waiter.place = _text(place)
+        waiter.window_ends = time.monotonic() + self._after_us / 1_000_000
         waiter.queued = True
         waiter.told = waiter.lost = False
         by_key: dict[str, _PubSubWaiter] | None = getattr(self._waiting, "by_key", None)

@@ -178,6 +178,33 @@ def _validate(
     return columns, out
 
 
+def _lease_groups(partitions: Sequence[Any], innermost: Any) -> list[tuple[Any, tuple[Any, ...]]]:
+    """Partitions grouped by the lease each is written under: its date's own lease in
+    this context, else the innermost one (None: no lease)."""
+    groups: dict[int, tuple[Any, list[Any]]] = {}
+    for value in partitions:
+        is_date = isinstance(value, dt.date) and not isinstance(value, dt.datetime)
+        lease = (current_lease(value, for_write=True) if is_date else None) or innermost
+        groups.setdefault(id(lease), (lease, []))[1].append(value)
+    return [(lease, tuple(values)) for lease, values in groups.values()]
+
+
+def _combined(report: DedupReport, parts: Sequence[MergeResult]) -> MergeResult:
+    """One result for a batch written as one MERGE per lease."""
+    return MergeResult(
+        table=parts[-1].table,
+        inserted=sum(p.inserted for p in parts),
+        updated=sum(p.updated for p in parts),
+        attempts=sum(p.attempts for p in parts),
+        dedup=report,
+        skipped=sum(p.skipped for p in parts),
+        fence=parts[-1].fence,
+        jobs=sum(p.jobs for p in parts),
+        bytes_sent=sum(p.bytes_sent for p in parts),
+        path=parts[-1].path,
+    )
+
+
 def _default_replay_path(table: str) -> Path:
     base = Path(os.environ.get("PROCESSOR_GUARD_REPLAY_DIR") or tempfile.gettempdir())
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -237,14 +264,34 @@ def safe_merge(
     index_of = {id(r): i for i, r in enumerate(source)}
     deduped, report = dedupe_rows(source, key_cols, order_by=order_by, keep=keep, copy=False)
     lease = current_lease()
-    if fence is None and lease is not None:
-        fence = lease.fence
     if not deduped:
+        if fence is None and lease is not None:
+            fence = lease.fence
         return MergeResult(table, 0, 0, 0, report, fence=fence)
     columns, converted = _validate(wh, table, deduped, index_of, key_cols, partition_field)
     partitions: tuple[Any, ...] = ()
     if partition_field:
         partitions = tuple(sorted({r[partition_field] for r in converted}))
+    groups = _lease_groups(partitions, lease)
+    if len(groups) > 1:
+        # Each date's rows must carry that date's fence and be checked against its
+        # lease: one MERGE per lease (each call below finds one lease for its rows).
+        def merge_part(values: tuple[Any, ...]) -> MergeResult:
+            assert partition_field is not None
+            part = [r for r in converted if r[partition_field] in values]
+            return safe_merge(
+                client, table, part, keys=key_cols, partition_field=partition_field,
+                fence=fence, order_by=order_by, keep=keep, only_newer=only_newer,
+                staging_threshold_bytes=staging_threshold_bytes, staging_ttl=staging_ttl,
+                max_attempts=max_attempts, deadline=deadline, backoff_initial=backoff_initial,
+                backoff_max=backoff_max, sleep=sleep, replay_path=replay_path,
+            )  # fmt: skip
+
+        return _combined(report, [merge_part(values) for _, values in groups])
+    if groups:
+        lease = groups[0][0]
+    if fence is None and lease is not None:
+        fence = lease.fence
     plan = MergePlan(
         table=table,
         keys=key_cols,

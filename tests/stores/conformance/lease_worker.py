@@ -50,7 +50,7 @@ def hold(args: argparse.Namespace) -> None:
         with date_lock(args.scope, args.date, store=store, ttl=args.ttl, owner=owner) as lease:
             emit(event="held", fence=lease.fence, owner=owner)
             sys.stdin.readline()
-            emit(event="leaving", lost=lease.lost.is_set())
+            emit(event="leaving", lost=lease.lost)
     except LeaseLost as exc:
         emit(event="lost", reason=exc.reason)
         return

@@ -23,7 +23,8 @@ def test_busy_with_no_wait_names_key_holder_and_time_left(kit: StoreKit) -> None
         assert isinstance(busy.value, GuardError)
         assert busy.value.key == first.key == "pgs:2026-02-03"
         assert busy.value.holder == "first"
-        assert busy.value.remaining is not None and 0 < busy.value.remaining <= 20
+        # Redis pads its expiry by up to 2 ms (ms rounding, its clock step).
+        assert busy.value.remaining is not None and 0 < busy.value.remaining <= 20.002
         assert "first" in str(busy.value)
         holder = kit.store.holder(first.key)
         assert holder is not None and holder.owner == "first", "a busy attempt changed the lease"
@@ -31,15 +32,23 @@ def test_busy_with_no_wait_names_key_holder_and_time_left(kit: StoreKit) -> None
 
 
 def test_wait_times_out_with_lock_busy(kit: StoreKit) -> None:
+    outcome: list[BaseException] = []
+
+    def compete() -> None:  # another thread: not nested in the holder's block
+        try:
+            with date_lock("pgs", "2026-02-03", store=kit.store, ttl=20, wait=0.5):
+                pytest.fail("the body ran without the lease")
+        except BaseException as exc:
+            outcome.append(exc)
+
     with date_lock("pgs", "2026-02-03", store=kit.store, ttl=20, owner="first"):
         started = time.monotonic()
-        with (
-            pytest.raises(LockBusy) as busy,
-            date_lock("pgs", "2026-02-03", store=kit.store, ttl=20, wait=0.5),
-        ):
-            pytest.fail("the body ran without the lease")
+        t = threading.Thread(target=compete)
+        t.start()
+        t.join(30)
         assert time.monotonic() - started >= 0.5, "gave up before the wait ran out"
-        assert busy.value.holder == "first"
+    assert len(outcome) == 1 and isinstance(outcome[0], LockBusy), outcome
+    assert outcome[0].holder == "first"
 
 
 def test_waiter_gets_the_lease_when_the_holder_releases(kit: StoreKit) -> None:

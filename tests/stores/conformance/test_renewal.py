@@ -37,7 +37,7 @@ def test_renewal_keeps_the_lease_past_three_ttls(kit: StoreKit) -> None:
             date_lock("pgs", "2026-02-03", store=kit.store, ttl=ttl, owner="other"),
         ):
             pass
-        assert not lease.lost.is_set()
+        assert not lease.lost
     assert len(renewals) >= 3
     assert kit.store.holder(lease.key) is None
 
@@ -63,7 +63,7 @@ def test_stolen_lease_is_lost_within_one_renewal(kit: StoreKit, how: str) -> Non
                 assert kit.store.try_acquire(lease.key, "thief", 30).acquired
         # The next renewal is at most ttl/3 away; allow it one round trip on top.
         # The deadline is still further off, so this is the renewal noticing.
-        assert lease.lost.wait(TTL / 3 + TTL / 6), "loss not detected by the next renewal"
+        assert lease.wait_lost(TTL / 3 + TTL / 6), "loss not detected by the next renewal"
         assert "no longer holds" in lease.lost_reason
         with pytest.raises(LeaseLost):
             lease.check()
@@ -133,7 +133,7 @@ def test_redis_killed_during_hold_loses_the_lease_by_its_deadline(
             date_lock("pgs", "2026-02-03", store=kit.store, ttl=ttl) as lease,
         ):
             own_redis.kill()
-            assert lease.lost.wait(ttl + 2.0), "not lost by the lease's deadline"
+            assert lease.wait_lost(ttl + 2.0), "not lost by the lease's deadline"
             assert "deadline passed" in lease.lost_reason
             assert "unreachable" in lease.lost_reason
             with pytest.raises(LeaseLost):
@@ -215,9 +215,9 @@ def test_slow_loss_callback_does_not_delay_other_leases_deadlines() -> None:
                 pytest.raises(LeaseLost),
                 date_lock("pgs", "2026-02-02", store=store, ttl=0.5) as second,
             ):
-                assert first.lost.wait(2.0)
+                assert first.wait_lost(2.0)
                 assert slow_started.wait(2.0)
                 # The first callback is still sleeping; the second deadline comes anyway.
-                assert second.lost.wait(1.0), "a slow on_lost callback held up the keeper"
+                assert second.wait_lost(1.0), "a slow on_lost callback held up the keeper"
     finally:
         store.unblock.set()
