@@ -13,10 +13,12 @@ from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.connection import Connection
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisClusterException
 from redis.retry import Retry
+from redis.sentinel import SentinelConnectionPool
 
 from ..errors import ConfigError, StoreUnavailable
 from .base import AcquireResult, Holder, LeaseStore, ReleaseWaiter
@@ -226,7 +228,10 @@ HANDOFF_AFTER = 0.1
 # connection after a server restart) is all it gets.
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0
-_ERRORS = (redis.RedisError, OSError)
+# A cluster client's "no node reachable" is not a RedisError.
+_ERRORS = (redis.RedisError, RedisClusterException, OSError)
+# A single node's (or a Sentinel-managed primary's) client, or a cluster's.
+AnyRedis = redis.Redis | RedisCluster
 # Subscribed connections kept for the next waiter on the same key.
 MAX_IDLE_WAITERS = 8
 
@@ -356,22 +361,27 @@ class _ScriptRunner:
     """Runs a store's Lua scripts by EVALSHA, on a small set of connections of its own.
 
     Checking a connection out of redis-py's pool and back costs more than the round trip
-    itself. Only a plain pooled client gets own connections; a cluster or
+    itself. Only a plain pooled client gets own connections; a cluster, Sentinel or
     single-connection client goes through its own execute path.
     """
 
-    def __init__(self, client: redis.Redis, scripts: tuple[Script, ...]) -> None:
+    def __init__(self, client: AnyRedis, scripts: tuple[Script, ...]) -> None:
         self._client = client
         self._scripts = scripts
+        pool = client.connection_pool if type(client) is redis.Redis else None
         self._direct = (
-            type(client) is redis.Redis
+            pool is not None
+            # A Sentinel-managed connection finds the primary in connect(), which the
+            # runner's send path bypasses: it would talk to the default localhost:6379.
+            and not isinstance(pool, SentinelConnectionPool)
             and getattr(client, "connection", None) is None
-            and getattr(client.connection_pool, "cache", None) is None
+            and getattr(pool, "cache", None) is None
         )
+        self._pool = pool if self._direct else None
         self._idle: list[Connection] = []
         self._encoding = (
-            client.connection_pool.connection_kwargs.get("encoding", "utf-8")
-            if self._direct
+            self._pool.connection_kwargs.get("encoding", "utf-8")
+            if self._pool is not None
             else "utf-8"
         )
         self._idle_pid = _pid
@@ -384,7 +394,8 @@ class _ScriptRunner:
         try:
             return self._idle.pop()  # list.pop/append are atomic: no lock needed
         except IndexError:
-            pool = self._client.connection_pool
+            pool = self._pool
+            assert pool is not None  # only the direct path checks connections out
             conn: Connection = pool.connection_class(**pool.connection_kwargs)
             self._conns.add(conn)
             return conn
@@ -470,7 +481,7 @@ class RedisStore(LeaseStore):
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: AnyRedis,
         *,
         prefix: str = "processor_guard",
         handoff_after: float = HANDOFF_AFTER,
@@ -519,7 +530,7 @@ class RedisStore(LeaseStore):
         return cls(client, prefix=prefix, handoff_after=handoff_after)
 
     @property
-    def client(self) -> redis.Redis:
+    def client(self) -> AnyRedis:
         """The redis-py client this store talks through."""
         return self._client
 

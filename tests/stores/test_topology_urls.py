@@ -1,0 +1,85 @@
+"""Cluster and Sentinel store URLs: what they name, clear errors, and never a password."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from fixtures.services import free_port
+from processor_guard import ConfigError, StoreUnavailable, open_store
+from processor_guard.stores.redis_topologies import masked_url, parse_topology_url
+
+SECRET = "pa:ss@w/rd-9f3"  # percent-encoded in URLs below
+ENCODED = "pa%3Ass%40w%2Frd-9f3"
+
+
+def test_cluster_url_names_seed_nodes_credentials_and_tls_options() -> None:
+    topology = parse_topology_url(
+        f"rediss+cluster://app:{ENCODED}@10.0.0.1:7000,10.0.0.2:7001,[::1]:7002"
+        "?ssl_ca_certs=/etc/ca.pem&prefix=pg"
+    )
+    assert topology.kind == "cluster" and topology.tls
+    assert topology.nodes == (("10.0.0.1", 7000), ("10.0.0.2", 7001), ("::1", 7002))
+    assert (topology.username, topology.password) == ("app", SECRET)
+    assert topology.options == {"ssl_ca_certs": "/etc/ca.pem", "prefix": "pg"}
+    assert SECRET not in repr(topology) and ENCODED not in repr(topology)
+
+
+def test_sentinel_url_names_sentinels_service_and_db() -> None:
+    topology = parse_topology_url("redis+sentinel://h1:26379,h2:26380/mymaster/2")
+    assert topology.kind == "sentinel" and not topology.tls
+    assert topology.nodes == (("h1", 26379), ("h2", 26380))
+    assert (topology.service, topology.db, topology.password) == ("mymaster", 2, None)
+    assert parse_topology_url("redis+sentinel://h1:26379/mymaster").db == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("redis+cluster://", "at least one HOST:PORT"),
+        ("redis+cluster://h1", "needs a port"),
+        ("redis+cluster://h1:0", "valid port"),
+        ("redis+cluster://h1:70000", "valid port"),
+        ("redis+cluster://h1:7000/3", "no path"),
+        ("redis+cluster://h1:7000?ssl_ca_certs=/x", "rediss+"),
+        ("rediss+cluster://h1:7000?verify=no", "unknown option 'verify'"),
+        ("rediss+cluster://h1:7000?ssl_check_hostname=maybe", "true or false"),
+        ("redis+sentinel://h1:26379", "service name"),
+        ("redis+sentinel://h1:26379/svc/db1", "/SERVICE/DB"),
+        ("redis+sentinel://h1:26379/svc/1/2", "/SERVICE/DB"),
+    ],
+)
+def test_bad_urls_get_one_line_config_errors_without_the_password(url: str, says: str) -> None:
+    with_secret = url.replace("://", f"://app:{ENCODED}@", 1)
+    with pytest.raises(ConfigError) as caught:
+        open_store(with_secret)
+    message = str(caught.value)
+    assert says in message and "\n" not in message
+    assert SECRET not in message and ENCODED not in message
+    assert "app:***@" in message
+
+
+def test_masked_url_hides_only_the_password() -> None:
+    assert masked_url(f"redis+cluster://app:{ENCODED}@h:1,h:2/x?y=1") == (
+        "redis+cluster://app:***@h:1,h:2/x?y=1"
+    )
+    assert masked_url("redis+cluster://h:1") == "redis+cluster://h:1"
+    assert masked_url("redis+cluster://app@h:1") == "redis+cluster://app@h:1"
+
+
+@pytest.mark.parametrize("scheme", ["redis+cluster", "redis+sentinel"])
+def test_unreachable_topology_is_store_unavailable_without_the_password(
+    scheme: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()  # nothing listens there
+    url = f"{scheme}://app:{ENCODED}@127.0.0.1:{port}" + ("/svc" if "sentinel" in scheme else "")
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(StoreUnavailable) as caught:
+        store = open_store(url)
+        # A Sentinel client connects lazily: its first command finds no Sentinel.
+        store.holder("scope:2026-02-03")
+    message = str(caught.value)
+    assert str(port) in message
+    for text in (message, repr(caught.value), caplog.text):
+        assert SECRET not in text and ENCODED not in text
