@@ -30,12 +30,14 @@ from faults.test_paused_holder import TABLE, create_table, table_points
 from fixtures.redis_topologies import RedisClusterSet, RedisNode, RedisSentinelSet
 from fixtures.services import LOOPBACK
 from processor_guard import (
+    LeaseHooks,
     LeaseLost,
     LeaseStore,
     StaleFence,
     StoreUnavailable,
     date_lock,
     open_store,
+    register_hooks,
     safe_merge,
 )
 
@@ -59,6 +61,7 @@ class Topology:
     primary_of_lease: Callable[[], RedisNode]
     replica_of: Callable[[RedisNode], RedisNode]
     bring_back: Callable[[RedisNode], None]  # restart a killed primary as a replica
+    settle: Callable[[], None]  # wait until every primary has a synced replica
 
 
 @dataclass
@@ -84,6 +87,7 @@ def cluster_topology(cluster: RedisClusterSet) -> Topology:
         lambda: cluster.primary_of_slot(slot),
         lambda primary: cluster.replicas_of(primary)[0],
         bring_back,
+        cluster.wait_stable,
     )
 
 
@@ -97,6 +101,7 @@ def sentinel_topology(sentinels: RedisSentinelSet) -> Topology:
         sentinels.primary,
         lambda primary: next(s for s in sentinels.servers if s is not primary),
         bring_back,
+        sentinels.wait_stable,
     )
 
 
@@ -204,3 +209,72 @@ def test_failover_loses_the_lease_and_the_fence_refuses_the_old_holder(
     assert tally.failovers == ROUNDS
     assert tally.stale_refused == ROUNDS and tally.stale_landed == 0
     assert tally.fences == sorted(tally.fences) and len(set(tally.fences)) == len(tally.fences)
+
+
+# --------------------------------------------------------------------------- WAIT
+WAIT_ROUNDS = 3
+WAIT_TIMEOUT = 1.0
+
+
+def test_wait_for_a_replica_closes_the_window(topology: Topology, tmp_path: Path) -> None:
+    """``wait_replicas=1``: an acquisition counts only once a replica has it. The cut-off
+    replica of the test above now makes the acquisition fail (and leave the key free)
+    instead of handing out a lease a failover loses; a lease that was acknowledged
+    survives the failover: the second instance stays busy, the holder renews on the
+    promoted replica (once a replica is back) and writes with its fence."""
+    db = tmp_path / "warehouse.duckdb"
+    create_table(db)
+    waiting = open_store(f"{topology.url}?wait_replicas=1&wait_timeout={WAIT_TIMEOUT}")
+    second = open_store(topology.url)
+    renewals: list[int] = []
+    unregister = register_hooks(LeaseHooks(renewed=lambda lease: renewals.append(lease.fence)))
+    refused = dual_holders = kept = 0
+    fences: list[int] = []
+    try:
+        for n in range(WAIT_ROUNDS):
+            primary = topology.primary_of_lease()
+            replica = topology.replica_of(primary)
+            cut_off_replica(primary, replica)
+            try:
+                with pytest.raises(StoreUnavailable, match="0 of 1 replica"):
+                    date_lock(SCOPE, DAY, store=waiting, ttl=TTL, owner="first").__enter__()
+                refused += 1
+                assert second.holder(KEY) is None  # released again, nobody holds it
+            finally:
+                replica.resume()
+            topology.settle()  # the replica reconnects and catches up
+
+            primary = topology.primary_of_lease()
+            with date_lock(SCOPE, DAY, store=waiting, ttl=TTL, owner="first") as lease:
+                fences.append(lease.fence)
+                primary.kill()
+                deadline = time.monotonic() + 60
+                while True:  # the promoted replica answers: the lease is still there
+                    try:
+                        busy = second.try_acquire(KEY, "second", TTL)
+                        break
+                    except StoreUnavailable:
+                        assert time.monotonic() < deadline, "no primary was promoted in time"
+                        time.sleep(0.05)
+                if busy.acquired:
+                    dual_holders += 1
+                assert not busy.acquired and busy.holder is not None
+                assert (busy.holder.owner, busy.holder.fence) == ("first", lease.fence)
+                renewed_before = len(renewals)
+                topology.bring_back(primary)  # WAIT needs a replica of the new primary
+                while len(renewals) == renewed_before:
+                    assert lease.active, lease.lost_reason
+                    time.sleep(0.05)
+                write(db, 3000 + n)  # under the lease: lands with its (still valid) fence
+                kept += 1
+            assert table_points(db) == [(f"player{i}", 3000 + n) for i in range(3)]
+    finally:
+        unregister()
+        waiting.close()
+        second.close()
+    print(
+        f"\nWAIT on {topology.url.split(':')[0]}: refused={refused} kept={kept} "
+        f"dual_holders={dual_holders}"
+    )
+    assert (refused, kept, dual_holders) == (WAIT_ROUNDS, WAIT_ROUNDS, 0)
+    assert fences == sorted(fences)

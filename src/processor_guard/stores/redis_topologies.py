@@ -7,7 +7,9 @@ asks the listed Sentinels for SERVICE's primary (``redis.sentinel.Sentinel.maste
 and follows it across failovers. ``rediss+cluster://`` and ``rediss+sentinel://`` use
 TLS, for the Sentinels too. USER and PASSWORD (percent-encoded) are the data nodes' ACL
 credentials. OPTIONS: ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile`` (paths),
-``ssl_check_hostname`` (``true``/``false``) and ``prefix`` (the store's key prefix).
+``ssl_check_hostname`` (``true``/``false``), ``prefix`` (the store's key prefix), and
+``wait_replicas=N`` [``&wait_timeout=SECONDS``]: a ReplicatedRedisStore, whose
+acquisitions and renewals count only once N replicas acknowledged them (WAIT).
 
 Every key of a lease shares one hash tag, so each lease lives in one cluster slot and
 its Lua scripts run on that slot's primary. Waiters subscribe with classic pub/sub:
@@ -22,6 +24,7 @@ client errors are reported by type and host:port only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -34,7 +37,13 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from ..errors import ConfigError, StoreUnavailable
-from .redis_store import CONNECT_TIMEOUT, HANDOFF_AFTER, SOCKET_TIMEOUT, RedisStore
+from .redis_store import (
+    CONNECT_TIMEOUT,
+    HANDOFF_AFTER,
+    SOCKET_TIMEOUT,
+    RedisStore,
+    ReplicatedRedisStore,
+)
 
 __all__ = [
     "CLUSTER_SCHEMES",
@@ -48,7 +57,7 @@ __all__ = [
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 _TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname")
-_OPTIONS = (*_TLS_OPTIONS, "prefix")
+_OPTIONS = (*_TLS_OPTIONS, "prefix", "wait_replicas", "wait_timeout")
 # A cluster client re-reads the slot map and retries a command that hit a moved slot or
 # a dead node; a lease store must still answer within seconds, so it gets a few quick
 # attempts, not redis-py's default of ten.
@@ -108,6 +117,13 @@ def _host_port(url: str, item: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def _is_seconds(text: str) -> bool:
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
+
+
 def parse_topology_url(url: str) -> RedisTopology:
     """Parse a ``redis+cluster``/``redis+sentinel`` URL (or their ``rediss+`` forms)."""
     if not isinstance(url, str):
@@ -142,6 +158,15 @@ def parse_topology_url(url: str) -> RedisTopology:
     tls = scheme.startswith("rediss")
     if not tls and any(name in options for name in _TLS_OPTIONS):
         raise _bad(url, "ssl_* options need the rediss+ scheme")
+    numeric: dict[str, Callable[[str], bool]] = {
+        "wait_replicas": str.isdigit,
+        "wait_timeout": _is_seconds,
+    }
+    for option, valid in numeric.items():
+        if option in options and not valid(options[option]):
+            raise _bad(url, f"{option} must be a positive number, got {options[option]!r}")
+    if "wait_timeout" in options and "wait_replicas" not in options:
+        raise _bad(url, "wait_timeout needs wait_replicas")
     if scheme in CLUSTER_SCHEMES:
         if path.strip("/"):
             raise _bad(url, "a cluster URL takes no path (a cluster has only db 0)")
@@ -215,4 +240,12 @@ def open_topology_store(url: str, *, handoff_after: float = HANDOFF_AFTER) -> Re
             client = sentinel_client(topology)
     except (redis.RedisError, RedisClusterException, OSError) as exc:
         raise _unavailable(url, exc) from None
+    if "wait_replicas" in topology.options:
+        return ReplicatedRedisStore(
+            client,
+            replicas=int(topology.options["wait_replicas"]),
+            replica_timeout=float(topology.options.get("wait_timeout", "0.5")),
+            prefix=prefix,
+            handoff_after=handoff_after,
+        )
     return RedisStore(client, prefix=prefix, handoff_after=handoff_after)
