@@ -48,6 +48,9 @@ def test_sentinel_url_names_sentinels_service_and_db() -> None:
         ("redis+sentinel://h1:26379", "service name"),
         ("redis+sentinel://h1:26379/svc/db1", "/SERVICE/DB"),
         ("redis+sentinel://h1:26379/svc/1/2", "/SERVICE/DB"),
+        ("redis+sentinel://h1:26379/svc?wait_replicas=one", "wait_replicas must be"),
+        ("redis+sentinel://h1:26379/svc?wait_replicas=1&wait_timeout=0", "wait_timeout must"),
+        ("redis+cluster://h1:7000?wait_timeout=1", "wait_timeout needs wait_replicas"),
     ],
 )
 def test_bad_urls_get_one_line_config_errors_without_the_password(url: str, says: str) -> None:
@@ -83,3 +86,43 @@ def test_unreachable_topology_is_store_unavailable_without_the_password(
     assert str(port) in message
     for text in (message, repr(caught.value), caplog.text):
         assert SECRET not in text and ENCODED not in text
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"replicas": 0}, "replicas must be an int >= 1"),
+        ({"replicas": True}, "replicas must be an int >= 1"),
+        ({"replicas": 1, "replica_timeout": 0}, "replica_timeout must be seconds"),
+        ({"replicas": 1, "replica_timeout": "1s"}, "replica_timeout must be seconds"),
+    ],
+)
+def test_replicated_store_checks_its_arguments(options: dict[str, object], says: str) -> None:
+    import redis
+
+    from processor_guard.stores.redis_store import ReplicatedRedisStore
+
+    client = redis.Redis(host="127.0.0.1", port=free_port())  # never contacted
+    with pytest.raises(ConfigError, match=says):
+        ReplicatedRedisStore(client, **options)  # type: ignore[arg-type]
+    client.close()
+
+
+@pytest.mark.redis
+def test_wrong_password_over_tls_is_store_unavailable_without_it(
+    redis_tls_acl: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    from fixtures.redis_topologies import TlsAclRedis
+
+    assert isinstance(redis_tls_acl, TlsAclRedis)
+    wrong = "Wr0ng-" + redis_tls_acl.password
+    url = redis_tls_acl.store_url.replace(redis_tls_acl.password, wrong)
+    caplog.set_level(logging.DEBUG)
+    store = open_store(url)
+    try:
+        with pytest.raises(StoreUnavailable) as caught:
+            store.holder("scope:2026-02-03")
+    finally:
+        store.close()
+    for text in (str(caught.value), repr(caught.value), caplog.text, repr(store)):
+        assert wrong not in text and redis_tls_acl.password not in text
