@@ -194,10 +194,10 @@ def _connection_kwargs(topology: RedisTopology) -> dict[str, Any]:
     return kwargs
 
 
-def _unavailable(url: str, exc: BaseException) -> StoreUnavailable:
-    # redis-py's texts name host:port; the password is masked anyway in case one ever
-    # quotes its arguments.
-    text = str(exc)
+def _unavailable(url: str, password: str | None, exc: BaseException) -> StoreUnavailable:
+    # redis-py's texts name host:port only; the password is scrubbed anyway, in case a
+    # client version ever quotes its connection arguments.
+    text = str(exc).replace(password, "***") if password else str(exc)
     return StoreUnavailable(f"cannot open {masked_url(url)!r}: {type(exc).__name__}: {text}")
 
 
@@ -239,7 +239,7 @@ def open_topology_store(url: str, *, handoff_after: float = HANDOFF_AFTER) -> Re
         else:
             client = sentinel_client(topology)
     except (redis.RedisError, RedisClusterException, OSError) as exc:
-        raise _unavailable(url, exc) from None
+        raise _unavailable(url, topology.password, exc) from None
     if "wait_replicas" in topology.options:
         return ReplicatedRedisStore(
             client,

@@ -11,7 +11,7 @@ import pytest
 from processor_guard import GuardError, LockBusy, date_lock
 from processor_guard.stores import PollingWaiter, ReleaseWaiter
 
-from .conftest import StoreKit
+from .conftest import TOPOLOGY_KINDS, StoreKit
 
 
 def test_busy_with_no_wait_names_key_holder_and_time_left(kit: StoreKit) -> None:
@@ -117,7 +117,7 @@ class _Recording(ReleaseWaiter):
     "kind",
     [
         pytest.param(kind, marks=pytest.mark.redis)
-        for kind in ("redis", "redis-cluster", "redis-sentinel", "redis-tls")
+        for kind in ("redis", *TOPOLOGY_KINDS)
     ],
 )
 def test_redis_handoff_is_woken_by_the_release_notice(
