@@ -221,8 +221,12 @@ def test_failover_loses_the_lease_and_the_fence_refuses_the_old_holder(
 
 
 # --------------------------------------------------------------------------- WAIT
-WAIT_ROUNDS = 3
+WAIT_ROUNDS = 2
 WAIT_TIMEOUT = 1.0
+# With WAIT, a renewal succeeds only once the promoted primary has a replica again:
+# the lease must outlast the promotion (up to ~9 s when a Sentinel election is retried)
+# plus bringing the old primary back as that replica.
+WAIT_TTL = 20.0
 
 
 def test_wait_for_a_replica_closes_the_window(topology: Topology, tmp_path: Path) -> None:
@@ -245,8 +249,11 @@ def test_wait_for_a_replica_closes_the_window(topology: Topology, tmp_path: Path
             replica = topology.replica_of(primary)
             cut_off_replica(primary, replica)
             try:
-                with pytest.raises(StoreUnavailable, match="0 of 1 replica"):
-                    date_lock(SCOPE, DAY, store=waiting, ttl=TTL, owner="first").__enter__()
+                with (
+                    pytest.raises(StoreUnavailable, match="0 of 1 replica"),
+                    date_lock(SCOPE, DAY, store=waiting, ttl=WAIT_TTL, owner="first"),
+                ):
+                    pytest.fail("acquired although no replica acknowledged the lease")
                 refused += 1
                 assert second.holder(KEY) is None  # released again, nobody holds it
             finally:
@@ -254,13 +261,13 @@ def test_wait_for_a_replica_closes_the_window(topology: Topology, tmp_path: Path
             topology.settle()  # the replica reconnects and catches up
 
             primary = topology.primary_of_lease()
-            with date_lock(SCOPE, DAY, store=waiting, ttl=TTL, owner="first") as lease:
+            with date_lock(SCOPE, DAY, store=waiting, ttl=WAIT_TTL, owner="first") as lease:
                 fences.append(lease.fence)
                 primary.kill()
                 deadline = time.monotonic() + 60
                 while True:  # the promoted replica answers: the lease is still there
                     try:
-                        busy = second.try_acquire(KEY, "second", TTL)
+                        busy = second.try_acquire(KEY, "second", WAIT_TTL)
                         break
                     except StoreUnavailable:
                         assert time.monotonic() < deadline, "no primary was promoted in time"

@@ -126,3 +126,12 @@ def test_wrong_password_over_tls_is_store_unavailable_without_it(
         store.close()
     for text in (str(caught.value), repr(caught.value), caplog.text, repr(store)):
         assert wrong not in text and redis_tls_acl.password not in text
+
+
+def test_open_store_dispatches_exactly_the_topology_schemes() -> None:
+    # stores/__init__ names them without importing redis (an optional extra).
+    from processor_guard import stores
+    from processor_guard.stores.redis_topologies import CLUSTER_SCHEMES, SENTINEL_SCHEMES
+
+    assert set(stores._TOPOLOGY_SCHEMES) == {*CLUSTER_SCHEMES, *SENTINEL_SCHEMES}
+    assert set(stores._TOPOLOGY_SCHEMES) <= set(stores.SUPPORTED_SCHEMES)
