@@ -217,7 +217,9 @@ def sentinel_client(topology: RedisTopology) -> redis.Redis:
     """A client on the service's current primary, found through the topology's Sentinels."""
     assert topology.service is not None
     kwargs = _connection_kwargs(topology)
-    sentinel = Sentinel(list(topology.nodes), sentinel_kwargs=dict(kwargs), **kwargs)  # type: ignore[no-untyped-call]
+    # Sentinels get the store's quick failure too: one retry, no backoff.
+    asking = {**kwargs, "retry": Retry(NoBackoff(), 1)}
+    sentinel = Sentinel(list(topology.nodes), sentinel_kwargs=asking, **kwargs)  # type: ignore[no-untyped-call]
     client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
         topology.service,
         db=topology.db,
