@@ -105,6 +105,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{row['min_per_process']} / {row['max_per_process']} | {row['violations']} |"
             )
         lines.append("")
+    lines += _topology_lines(results.get("redis_topologies", {}))
     fs = results.get("firestore", {})
     if "skipped" in fs or "error" in fs:
         lines += [f"Firestore: {fs.get('skipped') or fs.get('error')}", ""]
@@ -137,6 +138,27 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {name} | {value} | {_ok(row['met'])} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _topology_lines(topo: dict[str, Any]) -> list[str]:
+    """Cluster and Sentinel acquire + release beside a single node, same run."""
+    if not topo:
+        return []
+    if "skipped" in topo or "error" in topo:
+        return [f"Redis topologies: {topo.get('skipped') or topo.get('error')}", ""]
+    lines = [
+        "**Redis topologies, uncontended acquire + release** (`date_lock` through "
+        "`open_store`, private servers, same run)",
+        "",
+        "| topology | p50 (µs) | p99 (µs) | p50 / single node |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, row in topo.items():
+        lines.append(
+            f"| {name} | {row['p50_us']:.1f} | {row['p99_us']:.1f} | "
+            f"{row['ratio_p50_to_floor']:.2f}x |"
+        )
+    return [*lines, ""]
 
 
 def _dedup_lines(dd: dict[str, Any]) -> list[str]:

@@ -12,7 +12,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from fixtures.services import RedisServer
 
-pytest_plugins: list[str] = ["fixtures.firestore_emulator", "fixtures.bigquery_emulator"]
+pytest_plugins: list[str] = [
+    "fixtures.firestore_emulator",
+    "fixtures.bigquery_emulator",
+    "fixtures.redis_topologies",
+]
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,9 @@ __all__ = [
     "redacted",
 ]
 
-SUPPORTED_SCHEMES = ("redis", "rediss", "firestore", "sqlite", "memory")
+# Redis Cluster and Sentinel URLs are parsed by .redis_topologies.
+_TOPOLOGY_SCHEMES = ("redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel")
+SUPPORTED_SCHEMES = ("redis", "rediss", *_TOPOLOGY_SCHEMES, "firestore", "sqlite", "memory")
 
 _LAZY = {
     "RedisStore": ".redis_store",
@@ -79,12 +81,18 @@ def _bad(url: object, why: str) -> ConfigError:
 def open_store(url: str) -> LeaseStore:
     """Open the lease store a URL names.
 
-    ``redis://host:port/db`` and ``rediss://``, ``firestore://PROJECT[/COLLECTION]``,
+    ``redis://host:port/db`` and ``rediss://``, ``redis+cluster://host:port,...`` and
+    ``redis+sentinel://host:port,.../SERVICE`` (``rediss+`` for TLS; see
+    ``redis_topologies``), ``firestore://PROJECT[/COLLECTION]``,
     ``sqlite:///path/to/leases.db``, ``memory://[NAME]`` (one shared store per name in
     this process).
     """
     if not isinstance(url, str) or not url.strip():
         raise _bad(url, "expected a non-empty string")
+    if url.strip().partition("://")[0].lower() in _TOPOLOGY_SCHEMES:
+        from .redis_topologies import open_topology_store
+
+        return open_topology_store(url)
     try:
         parts = urlsplit(url.strip())
     except ValueError as exc:

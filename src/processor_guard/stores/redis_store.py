@@ -15,15 +15,17 @@ from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.connection import Connection
-from redis.exceptions import NoScriptError
+from redis.exceptions import MovedError, NoScriptError, RedisClusterException
 from redis.retry import Retry
+from redis.sentinel import SentinelConnectionPool
 
 from ..errors import ConfigError, StoreUnavailable
 from .base import AcquireResult, Holder, LeaseStore, ReleaseWaiter
 
-__all__ = ["RedisStore"]
+__all__ = ["RedisStore", "ReplicatedRedisStore"]
 
 # Every script below keeps a key's lease, fence counter, waiter queue and woken mark
 # under one hash tag (``prefix:{key}:lease`` / ``:fence`` / ``:queue`` / ``:woken``) so
@@ -253,7 +255,10 @@ HANDOFF_AFTER = 0.1
 # connection after a server restart) is all it gets.
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0
-_ERRORS = (redis.RedisError, OSError)
+# A cluster client's "no node reachable" is not a RedisError.
+_ERRORS = (redis.RedisError, RedisClusterException, OSError)
+# A single node's (or a Sentinel-managed primary's) client, or a cluster's.
+AnyRedis = redis.Redis | RedisCluster
 # Oldest server the scripts run correctly on (see _NEXT_FENCE).
 MIN_REDIS = (5, 0)
 # Longest ttl (seconds) a lease may ask for: PX stays far inside Redis's range.
@@ -418,22 +423,27 @@ class _ScriptRunner:
     """Runs a store's Lua scripts by EVALSHA, on a small set of connections of its own.
 
     Checking a connection out of redis-py's pool and back costs more than the round trip
-    itself. Only a plain pooled client gets own connections; a cluster or
+    itself. Only a plain pooled client gets own connections; a cluster, Sentinel or
     single-connection client goes through its own execute path.
     """
 
-    def __init__(self, client: redis.Redis, scripts: tuple[Script, ...]) -> None:
+    def __init__(self, client: AnyRedis, scripts: tuple[Script, ...]) -> None:
         self._client = client
         self._scripts = scripts
+        pool = client.connection_pool if type(client) is redis.Redis else None
         self._direct = (
-            type(client) is redis.Redis
+            pool is not None
+            # A Sentinel-managed connection finds the primary in connect(), which the
+            # runner's send path bypasses: it would talk to the default localhost:6379.
+            and not isinstance(pool, SentinelConnectionPool)
             and getattr(client, "connection", None) is None
-            and getattr(client.connection_pool, "cache", None) is None
+            and getattr(pool, "cache", None) is None
         )
+        self._pool = pool if self._direct else None
         self._idle: list[Connection] = []
         self._encoding = (
-            client.connection_pool.connection_kwargs.get("encoding", "utf-8")
-            if self._direct
+            self._pool.connection_kwargs.get("encoding", "utf-8")
+            if self._pool is not None
             else "utf-8"
         )
         self._idle_pid = _pid
@@ -446,7 +456,8 @@ class _ScriptRunner:
         try:
             return self._idle.pop()  # list.pop/append are atomic: no lock needed
         except IndexError:
-            pool = self._client.connection_pool
+            pool = self._pool
+            assert pool is not None  # only the direct path checks connections out
             conn: Connection = pool.connection_class(**pool.connection_kwargs)
             self._conns.add(conn)
             return conn
@@ -541,7 +552,7 @@ class RedisStore(LeaseStore):
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: AnyRedis,
         *,
         prefix: str = "processor_guard",
         handoff_after: float = HANDOFF_AFTER,
@@ -592,7 +603,7 @@ class RedisStore(LeaseStore):
         return cls(client, prefix=prefix, handoff_after=handoff_after)
 
     @property
-    def client(self) -> redis.Redis:
+    def client(self) -> AnyRedis:
         """The redis-py client this store talks through."""
         return self._client
 
@@ -789,3 +800,105 @@ class RedisStore(LeaseStore):
         kwargs = self._client.get_connection_kwargs()
         where = f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
         return f"<RedisStore {where} prefix={self._prefix!r}>"
+
+
+# WAIT is refused inside scripts and counts only the writes of the connection it is
+# sent on, so the replicated store sends it right behind a renewal, on the connection of
+# the node that serves the key: replication is one ordered stream, so replicas that
+# acknowledged the renewal also have the acquisition before it.
+class ReplicatedRedisStore(RedisStore):
+    """A RedisStore whose acquisitions and renewals count only once ``replicas``
+    replicas of the key's primary acknowledged them (Redis WAIT).
+
+    A failover to an acknowledging replica then keeps the lease: the second instance
+    stays busy and the holder's next renewal succeeds on the promoted server. When
+    fewer replicas answer within ``replica_timeout`` seconds, an acquisition is
+    released again and a renewal fails, both with StoreUnavailable (a renewal is then
+    retried until the lease's deadline). WAIT does not make Redis strongly consistent:
+    a replica may still be promoted before it applied an acknowledged write; fences
+    stay the guarantee.
+    """
+
+    def __init__(
+        self,
+        client: AnyRedis,
+        *,
+        replicas: int,
+        replica_timeout: float = 0.5,
+        prefix: str = "processor_guard",
+        handoff_after: float = HANDOFF_AFTER,
+    ) -> None:
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+            raise ConfigError(f"replicas must be an int >= 1, got {replicas!r}")
+        if not isinstance(replica_timeout, (int, float)) or not 0 < replica_timeout <= 60:
+            raise ConfigError(
+                f"replica_timeout must be seconds in (0, 60], got {replica_timeout!r}"
+            )
+        super().__init__(client, prefix=prefix, handoff_after=handoff_after)
+        self.replicas = replicas
+        self.replica_timeout = replica_timeout
+
+    def _node_client(self, key: str) -> redis.Redis:
+        """The client of the node serving ``key`` (the client itself off a cluster)."""
+        client = self.client
+        if isinstance(client, RedisCluster):
+            node = client.get_node_from_key(self.lease_key(key))  # type: ignore[no-untyped-call]
+            return client.get_redis_connection(node)
+        return client
+
+    def _renew_and_wait(self, key: str, owner: str, fence: int, ttl: float) -> bool:
+        """Renew, then WAIT on the same connection; True when renewed (and replicated)."""
+        timeout_ms = max(1, round(self.replica_timeout * 1000))
+        with _as_store_unavailable(key):
+            for attempt in (0, 1):
+                node = self._node_client(key)
+                pipe = node.pipeline(transaction=False)
+                pipe.evalsha(
+                    self._renew.sha,
+                    1,
+                    self.lease_key(key),
+                    f"{fence}:{owner}",
+                    int(ttl * 1000) or 1,
+                )
+                pipe.execute_command("WAIT", self.replicas, timeout_ms)  # type: ignore[no-untyped-call]
+                try:
+                    renewed, acknowledged = pipe.execute()
+                except NoScriptError:
+                    if attempt:
+                        raise
+                    self._renew.sha = _text(node.script_load(RENEW_SCRIPT))
+                    continue
+                except (MovedError, redis.ConnectionError):
+                    if attempt or not isinstance(self.client, RedisCluster):
+                        raise
+                    # The slot moved (a failover): one keyed command through the cluster
+                    # client refreshes its slot map, then the renewal goes to the new node.
+                    self.holder(key)
+                    continue
+                break
+        if renewed != 1:
+            return False
+        if int(acknowledged) < self.replicas:
+            raise StoreUnavailable(
+                f"lease {key!r}: {acknowledged} of {self.replicas} replica(s) acknowledged "
+                f"within {self.replica_timeout}s",
+                key=key,
+            )
+        return True
+
+    def try_acquire(self, key: str, owner: str, ttl: float) -> AcquireResult:
+        result = super().try_acquire(key, owner, ttl)
+        if not result.acquired or result.fence is None:
+            return result
+        try:
+            replicated = self._renew_and_wait(key, owner, result.fence, ttl)
+        except StoreUnavailable:
+            with contextlib.suppress(StoreUnavailable):
+                self.release(key, owner, result.fence)
+            raise
+        if not replicated:  # gone within a round trip: broken or expired already
+            raise StoreUnavailable(f"lease {key!r} vanished right after it was taken", key=key)
+        return result
+
+    def renew(self, key: str, owner: str, fence: int, ttl: float) -> bool:
+        return self._renew_and_wait(key, owner, fence, ttl)

@@ -19,11 +19,17 @@ import pytest
 from fixtures.services import RedisServer
 from processor_guard.stores import LeaseStore, MemoryStore
 
+TOPOLOGY_KINDS = ("redis-cluster", "redis-sentinel", "redis-tls")
 KINDS = [
     pytest.param("memory"),
     pytest.param("sqlite"),
     pytest.param("redis", marks=pytest.mark.redis),
     pytest.param("firestore", marks=pytest.mark.firestore),
+    # The same Redis store on other topologies: a 3+3 Redis Cluster, a Sentinel-managed
+    # primary, and one server reached over TLS only, as an ACL user (a TLS + ACL cluster
+    # gets a smoke test in tests/stores/test_topology_tls.py: its handshakes make the
+    # whole suite too slow for CI).
+    *(pytest.param(kind, marks=pytest.mark.redis) for kind in TOPOLOGY_KINDS),
 ]
 CROSS_PROCESS_KINDS = KINDS[1:]
 
@@ -101,9 +107,16 @@ def _sqlite_kit(tmp_path: Path) -> StoreKit:
     )
 
 
-def redis_kit(url: str) -> StoreKit:
-    """A kit on the Redis server at ``url`` (also used with dedicated servers)."""
+def redis_kit(url: str, kind: str = "redis") -> StoreKit:
+    """A kit on the Redis server, cluster or Sentinel set at ``url`` (any URL
+    ``open_store`` takes for Redis)."""
+    from processor_guard.stores import open_store
     from processor_guard.stores.redis_store import RedisStore
+
+    def open_redis() -> RedisStore:
+        store = open_store(url)
+        assert isinstance(store, RedisStore)
+        return store
 
     def delete_lease(store: LeaseStore, key: str) -> None:
         assert isinstance(store, RedisStore)
@@ -114,10 +127,10 @@ def redis_kit(url: str) -> StoreKit:
         store.client.delete(store.lease_key(key), store.fence_key(key))
 
     return StoreKit(
-        "redis",
-        RedisStore.from_url(url),
+        kind,
+        open_redis(),
         url,
-        _reconnect=lambda: RedisStore.from_url(url),
+        _reconnect=open_redis,
         _delete_lease=delete_lease,
         _forget=forget,
     )
@@ -154,6 +167,27 @@ def _firestore_kit(request: pytest.FixtureRequest) -> StoreKit:
     )
 
 
+def _topology_kit(kind: str, request: pytest.FixtureRequest) -> StoreKit:
+    """A kit on a session-wide topology, emptied first (tests list every holder)."""
+    if kind == "redis-cluster":
+        url = request.getfixturevalue("redis_cluster").url
+    elif kind == "redis-cluster-tls":
+        url = request.getfixturevalue("redis_cluster_tls_acl").url
+    elif kind == "redis-sentinel":
+        url = request.getfixturevalue("redis_sentinels").url
+    else:
+        url = request.getfixturevalue("redis_tls_acl").store_url
+    built = redis_kit(url, kind)
+    client = built.store.client  # type: ignore[attr-defined]
+    if kind.startswith("redis-cluster"):
+        from redis.cluster import RedisCluster
+
+        client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    else:
+        client.flushall()
+    return built
+
+
 def build_kit(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> StoreKit:
     """The store of ``kind`` for one test."""
     if kind == "memory":
@@ -164,6 +198,8 @@ def build_kit(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Stor
         return redis_kit(request.getfixturevalue("redis_url"))
     if kind == "firestore":
         return _firestore_kit(request)
+    if kind in TOPOLOGY_KINDS:
+        return _topology_kit(kind, request)
     raise AssertionError(f"unknown store kind {kind!r}")
 
 

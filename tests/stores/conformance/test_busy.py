@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from processor_guard import GuardError, LockBusy, date_lock
 from processor_guard.stores import PollingWaiter, ReleaseWaiter
 
-from .conftest import StoreKit
+from .conftest import TOPOLOGY_KINDS, StoreKit
 
 
 def test_busy_with_no_wait_names_key_holder_and_time_left(kit: StoreKit) -> None:
@@ -121,15 +122,23 @@ class _Recording(ReleaseWaiter):
         self.inner.close()
 
 
-@pytest.mark.parametrize("kind", [pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param(kind, marks=pytest.mark.redis)
+        for kind in ("redis", *TOPOLOGY_KINDS)
+    ],
+)
 def test_redis_handoff_is_woken_by_the_release_notice(
-    kind: str, request: pytest.FixtureRequest
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     """The waiter is asleep for a long backoff when the holder releases: only the
-    pub/sub notice can explain a prompt hand-over."""
-    from .conftest import redis_kit
+    pub/sub notice can explain a prompt hand-over. On a cluster the waiter's
+    subscription sits on the primary of the lease's slot, where the releasing script's
+    PUBLISH runs."""
+    from .conftest import build_kit
 
-    kit = redis_kit(request.getfixturevalue("redis_url"))
+    kit = build_kit(kind, request, tmp_path)
     store = kit.store
     long_wait = threading.Event()
     recorders: list[_Recording] = []
