@@ -194,7 +194,7 @@ def test_fork_child_never_renews_nor_releases_parent_lease(
                 except LeaseLost:
                     pass
                 code |= 0 if not lease.active else 2
-                lease._release()  # what leaving the inherited block would do
+                lease._finish()  # what leaving the inherited block does
                 threading.Event().wait(ttl * 1.5)  # long enough for several renewals
                 os.write(write_end, bytes([code]))
             finally:

@@ -68,6 +68,10 @@ def test_unreachable_store_loses_lease_by_deadline(caplog: pytest.LogCaptureFixt
     lock = date_lock("pgs", "2026-02-03", store=store, ttl=0.6, on_lost=lost.append)
     with pytest.raises(LeaseLost) as err, lock as lease:
         assert lease.wait_lost(2.0), "lease not marked lost after its deadline"
+    for _ in range(250):  # on_lost runs on the keeper's thread right after the flag
+        if lost:
+            break
+        threading.Event().wait(0.02)
     assert lost == [lease]
     assert store.renew_calls >= 1
     assert "store unreachable" in err.value.reason

@@ -178,13 +178,17 @@ def _validate(
     return columns, out
 
 
-def _lease_groups(partitions: Sequence[Any], innermost: Any) -> list[tuple[Any, tuple[Any, ...]]]:
+def _lease_groups(
+    partitions: Sequence[Any], innermost: Any, *, unfenced: bool
+) -> list[tuple[Any, tuple[Any, ...]]]:
     """Partitions grouped by the lease each is written under: its date's own lease in
-    this context, else the innermost one (None: no lease)."""
+    this context, else the innermost one (None: no lease). ``unfenced`` (no explicit
+    fence): a date whose lease this process holds in another context is refused."""
     groups: dict[int, tuple[Any, list[Any]]] = {}
     for value in partitions:
         is_date = isinstance(value, dt.date) and not isinstance(value, dt.datetime)
-        lease = (current_lease(value, for_write=True) if is_date else None) or innermost
+        own = current_lease(value, for_write=unfenced) if is_date else None
+        lease = own or innermost
         groups.setdefault(id(lease), (lease, []))[1].append(value)
     return [(lease, tuple(values)) for lease, values in groups.values()]
 
@@ -272,7 +276,7 @@ def safe_merge(
     partitions: tuple[Any, ...] = ()
     if partition_field:
         partitions = tuple(sorted({r[partition_field] for r in converted}))
-    groups = _lease_groups(partitions, lease)
+    groups = _lease_groups(partitions, lease, unfenced=fence is None)
     if len(groups) > 1:
         # Each date's rows must carry that date's fence and be checked against its
         # lease: one MERGE per lease (each call below finds one lease for its rows).
