@@ -25,7 +25,15 @@ if TYPE_CHECKING:
         StaleFence,
         StoreUnavailable,
     )
-    from .leases import Lease, LeaseHooks, current_lease, date_lock, guarded, register_hooks
+    from .leases import (
+        Lease,
+        LeaseHooks,
+        bind_leases,
+        current_lease,
+        date_lock,
+        guarded,
+        register_hooks,
+    )
     from .stores import (
         FirestoreStore,
         LeaseStore,
@@ -45,6 +53,7 @@ _EXPORTS = {
     "date_lock": "leases",
     "guarded": "leases",
     "current_lease": "leases",
+    "bind_leases": "leases",
     "register_hooks": "leases",
     "Lease": "leases",
     "LeaseHooks": "leases",
@@ -104,6 +113,7 @@ __all__ = [
     "StaleFence",
     "StoreUnavailable",
     "TableSpec",
+    "bind_leases",
     "current_lease",
     "date_lock",
     "dedupe_rows",
