@@ -35,6 +35,7 @@ __all__ = [
     "date_range",
     "default_owner",
     "guarded",
+    "held_leases",
     "lease_key",
     "parse_game_date",
     "register_hooks",
@@ -569,6 +570,11 @@ def current_lease() -> Lease | None:
     """The innermost lease held by this context, or None."""
     stack = _current.get()
     return stack[-1] if stack else None
+
+
+def held_leases() -> tuple[Lease, ...]:
+    """Every lease held by this context, outermost first (``guarded`` holds one per date)."""
+    return _current.get()
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -5,6 +5,11 @@ One Firestore document per phase and game date, ``{phase}_completion/{YYYY-MM-DD
 one field per processor (a map) plus metadata fields prefixed ``_``. The completed
 count is always derived from the entries of *expected* processors; it is stored only
 so people can read it.
+
+Completion means coverage: when the document holds ``_required`` (what the date needs,
+e.g. the schedule's game ids), a processor is complete only once its successful
+executions together ``covered`` every required unit. A first batch of 2 of 10 games
+is recorded but completes nothing; the run that covers the rest completes it.
 """
 
 from __future__ import annotations
@@ -17,7 +22,14 @@ from typing import Any
 
 from .documents import as_datetime, server_timestamp
 
-__all__ = ["CompletionState", "PhaseRules", "TriggerRule"]
+__all__ = [
+    "CompletionState",
+    "PhaseRules",
+    "TriggerRule",
+    "claim_deadline",
+    "covered_units",
+    "required_units",
+]
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,30 @@ class CompletionState:
     publish_error: str | None = None
     exists: bool = True
     entries: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    required: tuple[str, ...] | None = None
+    claimed_by: str | None = None
+    claimed_until: dt.datetime | None = None
+
+    @property
+    def uncovered(self) -> dict[str, list[str]]:
+        """Per expected processor with a successful entry, the required units it has not
+        covered yet (only when the date declares what it requires)."""
+        if self.required is None:
+            return {}
+        out: dict[str, list[str]] = {}
+        for p in self.expected:
+            entry = self.entries.get(p)
+            if entry is None or p in self.completed:
+                continue
+            have = set(covered_units(entry))
+            out[p] = [u for u in self.required if u not in have]
+        return out
+
+    @property
+    def waiting_for_publish(self) -> bool:
+        """The trigger is due but not published yet (failed, or claimed by a caller that
+        is publishing or died); a push handler must answer retryable."""
+        return self.trigger_pending and not self.triggered
 
     @property
     def missing(self) -> tuple[str, ...]:
@@ -112,6 +148,10 @@ class CompletionState:
             "last_completion_at": _iso(self.last_completion_at),
             "duplicate": self.duplicate,
             "publish_error": self.publish_error,
+            "required": None if self.required is None else list(self.required),
+            "uncovered": self.uncovered,
+            "claimed_by": self.claimed_by,
+            "claimed_until": _iso(self.claimed_until),
         }
 
 
@@ -132,9 +172,18 @@ class PhaseRules:
             return False
         return bool(entry.get("succeeded")) or entry.get("status") in self.success_statuses
 
+    def complete(self, entry: Any, required: Sequence[str] | None) -> bool:
+        """True when the entry succeeded and, if the date requires units, covered them all."""
+        if not self.succeeded(entry):
+            return False
+        if required is None:
+            return True
+        return set(required) <= set(covered_units(entry))
+
     def completed(self, data: Mapping[str, Any]) -> tuple[str, ...]:
-        """The expected processors with a successful entry in ``data``, in expected order."""
-        return tuple(p for p in self.expected if self.succeeded(data.get(p)))
+        """The expected processors complete in ``data`` (see ``complete``), in expected order."""
+        required = required_units(data)
+        return tuple(p for p in self.expected if self.complete(data.get(p), required))
 
     def state(
         self,
@@ -166,6 +215,9 @@ class PhaseRules:
             publish_error=publish_error or data.get("_trigger_last_error") or None,
             exists=exists and bool(data),
             entries={k: v for k, v in _entries(data).items() if isinstance(v, Mapping)},
+            required=required_units(data),
+            claimed_by=_claim_owner(data),
+            claimed_until=claim_deadline(data.get("_trigger_claim")),
         )
 
     def derived_fields(
@@ -206,6 +258,39 @@ class PhaseRules:
         if fields:
             fields["_updated_at"] = server_timestamp()
         return fields
+
+
+def required_units(data: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """What the date requires (``_required``), None when it declares nothing."""
+    value = data.get("_required")
+    if not isinstance(value, list):
+        return None
+    return tuple(str(u) for u in value)
+
+
+def covered_units(entry: Any) -> tuple[str, ...]:
+    """The units a processor's successful executions covered, as stored in its entry."""
+    if not isinstance(entry, Mapping):
+        return ()
+    value = entry.get("covered")
+    return tuple(str(u) for u in value) if isinstance(value, list) else ()
+
+
+def claim_deadline(claim: Any) -> dt.datetime | None:
+    """When a trigger claim expires (claimed_at + ttl), None without a readable claim."""
+    if not isinstance(claim, Mapping):
+        return None
+    claimed_at = as_datetime(claim.get("claimed_at"))
+    ttl = claim.get("ttl")
+    if claimed_at is None or isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+        return None
+    return claimed_at + dt.timedelta(seconds=float(ttl))
+
+
+def _claim_owner(data: Mapping[str, Any]) -> str | None:
+    claim = data.get("_trigger_claim")
+    owner = claim.get("owner") if isinstance(claim, Mapping) else None
+    return owner if isinstance(owner, str) else None
 
 
 def _iso(value: dt.datetime | None) -> str | None:

@@ -11,21 +11,30 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, Protocol
 
 from ..dates import parse_game_date
-from ..errors import ConfigError, GuardError
-from ..leases import default_owner
+from ..errors import ConfigError, GuardError, StaleFence
+from ..leases import Lease, default_owner, held_leases
 from ..tables import TableSpec
-from .documents import DocumentCollection, Plan, as_datetime, delete_field, server_timestamp
+from .documents import DocumentCollection, Plan, delete_field, server_timestamp
 from .reconcile import ReconcileReport, reconcile_date
-from .state import CompletionState, PhaseRules, TriggerRule
+from .state import (
+    CompletionState,
+    PhaseRules,
+    TriggerRule,
+    claim_deadline,
+    covered_units,
+    required_units,
+)
 
-__all__ = ["CompletionTracker", "PublishFn"]
+__all__ = ["CompletionTracker", "PublishFn", "RequiredFn", "TriggerPending"]
 
 log = logging.getLogger("processor_guard.completion")
 
@@ -37,6 +46,33 @@ class PublishFn(Protocol):
     """Publishes the next phase's trigger and returns the transport's message id."""
 
     def __call__(self, game_date: str, state: CompletionState, /) -> str: ...
+
+
+#: ``required(game_date) -> units`` says what a date needs (e.g. the schedule's game ids).
+RequiredFn = Callable[[str], Iterable[str]]
+
+
+class TriggerPending(GuardError):
+    """The date is complete but its trigger is not published yet: answer retryable.
+
+    Either the publish failed, or another caller holds the claim (publishing now, or
+    dead: the claim expires at ``state.claimed_until``). ``retry_after`` is the seconds
+    until a redelivery can take the claim over.
+    """
+
+    def __init__(self, state: CompletionState) -> None:
+        self.state = state
+        now = dt.datetime.now(dt.timezone.utc)
+        until = state.claimed_until
+        wait = 10.0 if until is None else (until - now).total_seconds()
+        self.retry_after = max(1.0, wait)
+        if state.publish_error:
+            why = f"publishing failed: {state.publish_error}"
+        elif until is not None:
+            why = f"claimed by {state.claimed_by or 'another caller'} until {until.isoformat()}"
+        else:
+            why = "not published yet"
+        super().__init__(f"trigger {state.dedup_id} pending: {why}")
 
 
 class CompletionTracker:
@@ -70,6 +106,7 @@ class CompletionTracker:
         max_attempts: int = 200,
         rpc_timeout: float = 30.0,
         max_execution_ids: int = 500,
+        required: RequiredFn | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not isinstance(phase, str) or not _PHASE_RE.match(phase):
@@ -78,6 +115,8 @@ class CompletionTracker:
         rule = _trigger_rule(critical, fraction, names)
         if publish is not None and not callable(publish):
             raise ConfigError(f"publish must be callable, got {publish!r}")
+        if required is not None and not callable(required):
+            raise ConfigError(f"required must be callable (game_date -> units), got {required!r}")
         if not claim_ttl > 0:
             raise ConfigError(f"claim_ttl must be > 0 seconds, got {claim_ttl!r}")
         coll = collection if collection is not None else f"{phase}_completion"
@@ -95,6 +134,7 @@ class CompletionTracker:
         self.max_attempts = max_attempts
         self.rpc_timeout = rpc_timeout
         self.max_execution_ids = max_execution_ids
+        self.required = required
         self._sleep = sleep
 
     def __repr__(self) -> str:
@@ -120,8 +160,20 @@ class CompletionTracker:
         execution_id: str,
         status: str = "success",
         record_count: int | None = None,
+        covered: Iterable[str] | None = None,
+        lease: Lease | None = None,
     ) -> CompletionState:
         """Store one processor's completion and publish the trigger if it is due.
+
+        Coverage: when the tracker has ``required`` (what the date needs), ``covered``
+        (what this run processed, e.g. its game ids) is mandatory and the processor
+        completes only once its successful runs covered every required unit.
+
+        Lease: under a lease for the date (``lease``, else the one ``guarded`` or
+        ``date_lock`` holds in this context), the lease is checked first (``LeaseLost``)
+        and its fence stored with the entry; a fence older than the one already stored
+        raises ``StaleFence`` and writes nothing, and a lease lost before the publish
+        leaves the trigger to the next caller.
 
         Idempotent per ``(processor, execution_id)``: a duplicate message writes nothing
         but still publishes a trigger left pending by an earlier failure. Names outside
@@ -142,23 +194,29 @@ class CompletionTracker:
         day = parse_game_date(game_date).isoformat()
         name = _check_name(processor, "processor")
         _check_execution(execution_id, status, record_count)
+        units = _check_units(covered, "covered")
+        required = self._required_for(day)
+        if required is not None and units is None:
+            raise ConfigError(
+                "covered is required: this tracker completes a date only when every "
+                "required unit is covered (pass covered=[...game ids...])"
+            )
+        held = lease if lease is not None else _lease_for(day, name)
+        if held is not None:
+            held.check()
         rules = self._rules()
+        execution = _Execution(name, execution_id, status, record_count, units, held)
 
         def mutate(data: dict[str, Any], exists: bool, _read_time: Any) -> Plan:
-            return self._add_execution(
-                rules,
-                day,
-                data,
-                exists,
-                processor=name,
-                execution_id=execution_id,
-                status=status,
-                record_count=record_count,
-            )
+            return self._add_execution(rules, day, data, exists, execution, required)
 
         plan, data, _ = self._documents().update(day, mutate)
+        if isinstance(plan.result, StaleFence):
+            raise plan.result
         state = rules.state(day, data, duplicate=bool(plan.result))
         if state.trigger_pending and not state.triggered:
+            if held is not None:
+                held.check()
             state = replace(self._publish_pending(day), duplicate=state.duplicate)
         return state
 
@@ -207,54 +265,91 @@ class CompletionTracker:
             self.client, self.collection, self.max_attempts, self.rpc_timeout, self._sleep
         )
 
+    def _required_for(self, day: str) -> tuple[str, ...] | None:
+        if self.required is None:
+            return None
+        units = _check_units(self.required(day), "required(game_date)")
+        if not units:
+            raise ConfigError(f"required({day!r}) returned no units; a date needs at least one")
+        return units
+
     def _add_execution(
         self,
         rules: PhaseRules,
         day: str,
         data: dict[str, Any],
         exists: bool,
-        *,
-        processor: str,
-        execution_id: str,
-        status: str,
-        record_count: int | None,
+        run: _Execution,
+        required: tuple[str, ...] | None,
     ) -> Plan:
-        """The fields that record one execution of ``processor`` in the document ``data``;
-        the plan's result says whether that execution was already recorded."""
+        """The fields that record one execution in the document ``data``; the plan's
+        result says whether it was already recorded, or is the StaleFence refusing it."""
+        processor = run.processor
         entry = data.get(processor)
         entry = dict(entry) if isinstance(entry, dict) else {}
+        stale = _stale_fence(entry, run.lease, processor, day)
+        if stale is not None:
+            return Plan(None, stale)
         seen = list(entry.get("executions") or [])
-        duplicate = execution_id in seen
-        fields: dict[str, Any] = {}
-        if not duplicate:
-            had_success = rules.succeeded(entry) if entry else False
-            succeeded = had_success or status in rules.success_statuses
-            seen.append(execution_id)
-            new_entry: dict[str, Any] = {
-                **entry,
-                "status": status,
-                "execution_id": execution_id,
-                "record_count": record_count,
-                "recorded_at": server_timestamp(),
-                "succeeded": succeeded,
-                "executions": seen[-self.max_execution_ids :],
-            }
-            if succeeded and not had_success:
-                new_entry["first_success_at"] = server_timestamp()
-                if processor in rules.expected:
-                    fields["_last_completion_at"] = server_timestamp()
-            fields[processor] = new_entry
-            fields["_executions_recorded"] = int(data.get("_executions_recorded") or 0) + 1
-            if processor not in rules.expected and processor not in (data.get("_unexpected") or []):
-                log.warning(
-                    "completion %s/%s: unexpected processor %r stored, not counted",
-                    self.collection,
-                    day,
-                    processor,
-                )
+        if run.execution_id in seen:
+            return Plan(None, True)
+        fields: dict[str, Any] = self._required_update(data, required)
+        required_now = required if required is not None else required_units(data)
+        was_complete = rules.complete(entry, required_now) if entry else False
+        had_success = rules.succeeded(entry) if entry else False
+        succeeded = had_success or run.status in rules.success_statuses
+        seen.append(run.execution_id)
+        covered = set(covered_units(entry))
+        if run.status in rules.success_statuses and run.covered is not None:
+            covered |= set(run.covered)
+        new_entry: dict[str, Any] = {
+            **entry,
+            "status": run.status,
+            "execution_id": run.execution_id,
+            "record_count": run.record_count,
+            "recorded_at": server_timestamp(),
+            "succeeded": succeeded,
+            "executions": seen[-self.max_execution_ids :],
+        }
+        if covered or run.covered is not None:
+            new_entry["covered"] = sorted(covered)
+        if run.lease is not None:
+            new_entry["fence"] = run.lease.fence
+            new_entry["lease_key"] = run.lease.key
+        if succeeded and not had_success:
+            new_entry["first_success_at"] = server_timestamp()
+        if not was_complete and rules.complete(new_entry, required_now):
+            new_entry["completed_at"] = server_timestamp()
+            if processor in rules.expected:
+                fields["_last_completion_at"] = server_timestamp()
+        fields[processor] = new_entry
+        fields["_executions_recorded"] = int(data.get("_executions_recorded") or 0) + 1
+        if processor not in rules.expected and processor not in (data.get("_unexpected") or []):
+            log.warning(
+                "completion %s/%s: unexpected processor %r stored, not counted",
+                self.collection,
+                day,
+                processor,
+            )
         merged = {**data, **fields}
         fields.update(rules.derived_fields(day, data, merged, exists))
-        return Plan(fields or None, duplicate)
+        return Plan(fields, False)
+
+    def _required_update(
+        self, data: Mapping[str, Any], required: tuple[str, ...] | None
+    ) -> dict[str, Any]:
+        """``_required`` when the caller's requirement differs from the stored one (the
+        schedule is the source of truth: a postponed game leaves the list)."""
+        if required is None or required_units(data) == required:
+            return {}
+        if "_required" in data:
+            log.warning(
+                "completion %s: required units change from %s to %s",
+                self.collection,
+                data.get("_required"),
+                list(required),
+            )
+        return {"_required": list(required)}
 
     def _publish_pending(self, day: str) -> CompletionState:
         """Claim the pending trigger, publish it, mark it; see the class docstring."""
@@ -271,7 +366,8 @@ class CompletionTracker:
 
         state = rules.state(day, data)
         try:
-            message_id = self._send(day, state)
+            with self._claim_kept(day, token):
+                message_id = self._send(day, state)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             log.warning(
@@ -308,7 +404,7 @@ class CompletionTracker:
         if not data.get("_trigger_pending") or data.get("_triggered"):
             return Plan(None, False)
         current = data.get("_trigger_claim")
-        if isinstance(current, Mapping) and not _claim_expired(current, read_time, self.claim_ttl):
+        if isinstance(current, Mapping) and not _claim_expired(current, read_time):
             return Plan(None, False)
         if self.publish is None:
             return Plan(None, False)
@@ -324,6 +420,31 @@ class CompletionTracker:
             },
             True,
         )
+
+    @contextmanager
+    def _claim_kept(self, day: str, token: str) -> Iterator[None]:
+        """Renew the claim every ``claim_ttl / 3`` while the publish runs, so a slow
+        publisher (Pub/Sub may wait 60 s) never sees its claim expire and a second
+        caller publish too. A dead process stops renewing, so its claim still expires."""
+        stop = threading.Event()
+        documents = self._documents()
+
+        def keep() -> None:
+            while not stop.wait(self.claim_ttl / 3):
+                try:
+                    documents.update(day, lambda cur, _e, _t: _renew_claim(cur, token))
+                except Exception as exc:  # the next renewal retries; the claim has margin
+                    log.warning(
+                        "completion %s/%s: claim renewal failed: %r", self.collection, day, exc
+                    )
+
+        keeper = threading.Thread(target=keep, name=f"claim-{day}", daemon=True)
+        keeper.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            keeper.join()
 
     def _send(self, day: str, state: CompletionState) -> str:
         """Publish the trigger; the transport's message id."""
@@ -351,13 +472,17 @@ def _mark_published(data: dict[str, Any], message_id: str) -> Plan:
     )
 
 
-def _claim_expired(claim: Mapping[str, Any], read_time: Any, default_ttl: float) -> bool:
-    claimed_at = as_datetime(claim.get("claimed_at"))
-    if claimed_at is None or read_time is None:
-        return True
-    ttl = claim.get("ttl")
-    ttl = float(ttl) if isinstance(ttl, (int, float)) else default_ttl
-    return bool((read_time - claimed_at).total_seconds() > ttl)
+def _claim_expired(claim: Mapping[str, Any], read_time: Any) -> bool:
+    until = claim_deadline(claim)
+    return until is None or read_time is None or bool(read_time > until)
+
+
+def _renew_claim(data: dict[str, Any], token: str) -> Plan:
+    """Move the claim's start to now while ``token`` still holds it."""
+    claim = data.get("_trigger_claim")
+    if not isinstance(claim, Mapping) or claim.get("token") != token or data.get("_triggered"):
+        return Plan(None)
+    return Plan({"_trigger_claim": {**claim, "claimed_at": server_timestamp()}})
 
 
 def _release(data: dict[str, Any], token: str, error: str) -> Plan:
@@ -411,3 +536,57 @@ def _check_execution(execution_id: object, status: object, record_count: object)
         isinstance(record_count, bool) or not isinstance(record_count, int) or record_count < 0
     ):
         raise ConfigError(f"record_count must be an int >= 0 or None, got {record_count!r}")
+
+
+class _Execution:
+    """One run's report, as passed to ``record``."""
+
+    def __init__(
+        self,
+        processor: str,
+        execution_id: str,
+        status: str,
+        record_count: int | None,
+        covered: tuple[str, ...] | None,
+        lease: Lease | None,
+    ) -> None:
+        self.processor = processor
+        self.execution_id = execution_id
+        self.status = status
+        self.record_count = record_count
+        self.covered = covered
+        self.lease = lease
+
+
+def _lease_for(day: str, processor: str) -> Lease | None:
+    """The lease this context holds for ``day``: the one scoped to ``processor`` when
+    several are held, else the innermost for the date."""
+    leases = [le for le in held_leases() if le.game_date.isoformat() == day]
+    for le in leases:
+        if le.scope == processor:
+            return le
+    return leases[-1] if leases else None
+
+
+def _stale_fence(
+    entry: Mapping[str, Any], lease: Lease | None, processor: str, day: str
+) -> StaleFence | None:
+    """The refusal of a record whose fence is older than the one stored for its lease."""
+    if lease is None or entry.get("lease_key") != lease.key:
+        return None
+    stored = entry.get("fence")
+    if isinstance(stored, int) and not isinstance(stored, bool) and stored > lease.fence:
+        return StaleFence(f"completion of {processor}", lease.fence, stored, day)
+    return None
+
+
+def _check_units(units: Iterable[str] | None, argument: str) -> tuple[str, ...] | None:
+    if units is None:
+        return None
+    if isinstance(units, (str, bytes)):
+        raise ConfigError(f"{argument} must be a list of unit ids, not a string: {units!r}")
+    values = tuple(units)
+    bad = [u for u in values if not isinstance(u, str) or not u]
+    if bad:
+        raise ConfigError(f"{argument} must hold non-empty strings, got {bad[:3]!r}")
+    return tuple(sorted(set(values)))
