@@ -6,6 +6,9 @@ Pub/Sub retries every answer except 102/200/201/202/204, so the status is the co
 * 409 + Retry-After: ``LockBusy``, another instance holds the date. Pub/Sub redelivers
   with backoff, so the newer data is processed once the holder is done (the old
   pipeline answered 200 here and silently dropped it).
+* 503 + Retry-After: ``TriggerPending``, the date is complete but its trigger is not
+  published yet (the publish failed, or another caller holds the claim until the time
+  given); the redelivery publishes it.
 * 400: the message cannot be processed, ever (bad JSON, bad date). Pub/Sub still
   redelivers non-2xx, so route such messages to a dead-letter topic.
 * 500: the lease was lost (``LeaseLost``/``StaleFence``) or the processor failed;
@@ -28,6 +31,7 @@ from typing import Any
 from wsgiref.simple_server import make_server
 
 from processor_guard import ConfigError, LockBusy
+from processor_guard.completion.tracker import TriggerPending
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,9 @@ def make_app(make_processor: Callable[[], Processor]) -> Callable[..., Iterable[
             # Retryable: another instance is on this date right now.
             wait = max(1, round(busy.remaining or 1))
             return answer("409 Conflict", f"{busy}\n", (("Retry-After", str(wait)),))
+        except TriggerPending as pending:
+            wait = max(1, round(pending.retry_after))
+            return answer("503 Service Unavailable", f"{pending}\n", (("Retry-After", str(wait)),))
         except Exception as exc:  # LeaseLost, StaleFence, anything unexpected
             log.exception("processing failed")
             return answer("500 Internal Server Error", f"{type(exc).__name__}: {exc}\n")
