@@ -227,11 +227,14 @@ class PhaseRules:
         merged: Mapping[str, Any],
         exists: bool,
         reason: str = "rule satisfied",
+        real_time: bool = True,
     ) -> dict[str, Any]:
         """Metadata that follows from the entries: count, lists and the outbox flag.
 
         ``before`` is the document as read, ``merged`` the same with this write's
-        entries applied; only fields whose value changes are returned.
+        entries applied; only fields whose value changes are returned. Without
+        ``real_time`` (a repair, long after the fact) ``_satisfied_at`` is the last real
+        completion time, not now.
         """
         completed = self.completed(merged)
         unexpected = sorted(k for k in _entries(merged) if k not in self.expected)
@@ -253,7 +256,9 @@ class PhaseRules:
         if self.trigger.satisfied(self.expected, completed) and not triggered and not pending:
             fields["_trigger_pending"] = True
             fields["_trigger_id"] = f"{self.phase}/{day}"
-            fields["_satisfied_at"] = server_timestamp()
+            fields["_satisfied_at"] = (
+                server_timestamp() if real_time else merged.get("_last_completion_at")
+            )
             fields["_trigger_reason"] = reason
         if fields:
             fields["_updated_at"] = server_timestamp()

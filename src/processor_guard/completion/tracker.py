@@ -231,12 +231,17 @@ class CompletionTracker:
         *,
         dry_run: bool = True,
         tables: Mapping[str, TableSpec] | None = None,
+        force: bool = False,
     ) -> ReconcileReport:
         """Compare the document with the warehouse and (unless ``dry_run``) repair it.
 
         For each expected processor it counts the date's rows and duplicate keys. An
-        expected processor whose rows exist without duplicates but has no successful
-        entry gets one (``source: reconcile``); the count is recomputed from entries; a
+        expected processor with no entry at all whose rows exist without duplicates
+        gets one (``source: reconcile``) unless the date declares required units; a
+        failed or partial entry is reported, never made a success (see ``reconcile``);
+        expected processors that differ from the document's stored ones are refused
+        unless ``force``. A date with neither document nor rows is left alone
+        (``report.empty``). The count is recomputed from entries; a
         trigger that is due but was never published (including ``_triggered`` set
         without a message id, as a hand repair does) is published for real through
         ``publish``. ``_triggered`` is never set without a publish. Duplicates and
@@ -252,6 +257,7 @@ class CompletionTracker:
             documents=self._documents(),
             publish_pending=self._publish_pending,
             max_execution_ids=self.max_execution_ids,
+            force=force,
         )
 
     # ---------------------------------------------------------------- internals
