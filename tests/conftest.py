@@ -12,7 +12,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from fixtures.services import RedisServer
 
-pytest_plugins: list[str] = ["fixtures.firestore_emulator", "fixtures.bigquery_emulator"]
+pytest_plugins: list[str] = [
+    "fixtures.firestore_emulator",
+    "fixtures.bigquery_emulator",
+    "fixtures.pubsub_emulator",
+]
 
 
 @pytest.fixture(scope="session")

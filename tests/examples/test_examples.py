@@ -358,13 +358,15 @@ def test_push_endpoint_answers_retryable_while_the_trigger_is_pending(tmp_path: 
         status, headers = _push(port, {"game_date": DAY})
         assert status == 503 and int(headers["retry-after"]) >= 1
         # A caller that claimed the trigger and died: the redelivery must not be acked.
+        from google.cloud import firestore
+
         tracker.doc_ref(DAY).update(
             {
                 "_trigger_claim": {
                     "owner": "dead-endpoint",
                     "token": "t",
-                    "ttl": 2.0,
-                    "claimed_at": tracker.state(DAY).satisfied_at,
+                    "ttl": 3.0,
+                    "claimed_at": firestore.SERVER_TIMESTAMP,
                 }
             }
         )
