@@ -1,9 +1,11 @@
 """The ``processor-guard`` command: health, reconcile, locks (and the demo).
 
-Exit codes: ``health`` 0 ok, 1 warning, 2 critical; ``reconcile`` 0 nothing wrong (or
-everything repaired), 1 problems found or left; ``locks`` 0. Any command that cannot
-run (bad date, unknown table, unreachable store) prints one line on stderr and
-exits 3.
+Exit codes: ``health`` 0 ok, 1 warning or unknown, 2 critical; ``reconcile`` 0 nothing
+wrong (or everything repaired), 1 problems found or left; ``locks break`` 1 when the
+key was free. Bad usage (unknown option, bad date, bad URL) exits ``EXIT_USAGE`` (64)
+and a command that could not run (unreachable store, unreadable file) exits
+``EXIT_COULD_NOT_RUN`` (69); both print one ``processor-guard: error: ...`` line on
+stderr (and a JSON object on stdout under ``--json``), never a traceback.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import click
@@ -33,7 +35,11 @@ log = logging.getLogger("processor_guard.cli")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_ERROR = 3
+# sysexits.h: EX_USAGE and EX_UNAVAILABLE, distinct from health's 0/1/2.
+EXIT_USAGE = 64
+EXIT_COULD_NOT_RUN = 69
+MAX_SCAN_DAYS = 62
+AUDIT_LOG_ENV = "PROCESSOR_GUARD_AUDIT_LOG"
 WAREHOUSE_ENV = "PROCESSOR_GUARD_WAREHOUSE"
 COMPLETION_ENV = "PROCESSOR_GUARD_COMPLETION"
 PUBLISHER_ENV = "PROCESSOR_GUARD_PUBLISHER"
@@ -54,7 +60,22 @@ LAZY_COMMANDS: dict[str, str] = {
 
 
 class _Group(click.Group):
-    """A click group that also serves the commands named in LAZY_COMMANDS."""
+    """A click group that also serves the commands named in LAZY_COMMANDS, and turns
+    click's usage errors (exit 2, which is health's "critical") into one line and
+    EXIT_USAGE."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            result = super().main(*args, **kwargs)
+        except click.UsageError as exc:
+            hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+            _fail(_one_line(exc) + hint, EXIT_USAGE)
+        except click.ClickException as exc:
+            _fail(_one_line(exc), EXIT_COULD_NOT_RUN)
+        except click.Abort:
+            _fail("aborted", EXIT_COULD_NOT_RUN)
+        sys.exit(result if isinstance(result, int) else 0)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
@@ -76,9 +97,12 @@ class _Group(click.Group):
 # ---------------------------------------------------------------------- error handling
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int, *, as_json: bool = False) -> NoReturn:
+    if as_json:
+        error = {"error": message, "exit_code": code, "schema_version": 1}
+        click.echo(json.dumps(error, sort_keys=True))
     click.echo(f"processor-guard: error: {message}", err=True)
-    sys.exit(EXIT_ERROR)
+    sys.exit(code)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -87,25 +111,24 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _errors_to_one_line(func: F) -> F:
-    """Turn expected failures into one line on stderr and exit 3 (no traceback)."""
+    """Turn every failure into one line on stderr (JSON on stdout under --json): bad
+    input exits EXIT_USAGE, anything else EXIT_COULD_NOT_RUN; -v also logs the
+    traceback."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        as_json = bool(kwargs.get("as_json"))
         try:
             return func(*args, **kwargs)
+        except ConfigError as exc:
+            _fail(_one_line(exc), EXIT_USAGE, as_json=as_json)
         except (GuardError, ValueError, OSError) as exc:
-            _fail(_one_line(exc))
+            _fail(_one_line(exc), EXIT_COULD_NOT_RUN, as_json=as_json)
         except Exception as exc:
-            if _is_service_error(exc):
-                _fail(f"{type(exc).__name__}: {_one_line(exc)}")
-            raise
+            log.debug("%s failed", func.__name__, exc_info=True)
+            _fail(f"{type(exc).__name__}: {_one_line(exc)}", EXIT_COULD_NOT_RUN, as_json=as_json)
 
     return wrapper  # type: ignore[return-value]
-
-
-def _is_service_error(exc: BaseException) -> bool:
-    module = type(exc).__module__
-    return module.startswith(("google.", "redis", "duckdb", "_duckdb", "grpc"))
 
 
 # ---------------------------------------------------------------------- helpers
@@ -128,8 +151,9 @@ def _names(value: str | None, option: str) -> tuple[str, ...]:
     return names
 
 
-def completion_client(url: str) -> Any:
-    """``firestore://PROJECT`` (or a bare project id) or ``sqlite:///path`` (local docstore)."""
+def completion_client(url: str, *, read_only: bool = False) -> Any:
+    """``firestore://PROJECT`` (or a bare project id) or ``sqlite:///path`` (local docstore);
+    ``read_only`` opens a local file without changing it (Firestore reads are reads)."""
     if "://" not in url:
         url = f"firestore://{url}"
     parts = urlsplit(url)
@@ -140,7 +164,7 @@ def completion_client(url: str) -> Any:
             raise ConfigError(f"completion file {parts.path!r} does not exist")
         from .completion.docstore import SQLiteDocumentClient
 
-        return SQLiteDocumentClient(parts.path)
+        return SQLiteDocumentClient(parts.path, read_only=read_only)
     if parts.scheme == "firestore" and parts.netloc:
         from google.cloud import firestore
 
@@ -206,19 +230,68 @@ def _tracker(
     expected: str | None,
     timeout: float,
     publish: str | None = None,
+    *,
+    read_only: bool = False,
 ) -> Any:
     from .completion.tracker import CompletionTracker
 
     if not completion:
         return None
     return CompletionTracker(
-        completion_client(completion),
+        completion_client(completion, read_only=read_only),
         phase,
         _names(expected, "--expected"),
         publisher(publish) if publish else None,
         collection=collection,
         rpc_timeout=timeout,
     )
+
+
+def _open_source(url: str) -> Any:
+    """The warehouse at ``url``; a DuckDB file is opened read-only (nothing here writes
+    to the warehouse, and health must not change the files it inspects)."""
+    from .writes.inspect import WarehouseSource, open_warehouse
+
+    if urlsplit(url).scheme.lower() != "duckdb":
+        return open_warehouse(url)
+    import duckdb
+
+    from .writes.warehouse import DuckDBWarehouse
+
+    checked = open_warehouse(url).warehouse  # validates the URL and that the file exists
+    assert isinstance(checked, DuckDBWarehouse) and checked.path is not None
+    return WarehouseSource(DuckDBWarehouse(duckdb.connect(checked.path, read_only=True)))
+
+
+def table_specs(tables: Sequence[str], tables_file: str | None) -> dict[str, Any] | None:
+    """TableSpecs from ``--table`` (a built-in name, or ``NAME=KEY1,KEY2[@PARTITION]``) and
+    a JSON ``--tables-file`` (``{"NAME": {"keys": [...], "partition_field": ...}}``)."""
+    from .tables import TableSpec, resolve_table
+
+    specs: dict[str, TableSpec] = {}
+    if tables_file:
+        try:
+            raw = json.loads(Path(tables_file).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--tables-file {tables_file!r}: {_one_line(exc)}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"--tables-file {tables_file!r} must hold a JSON object")
+        for name, body in raw.items():
+            if not isinstance(body, dict) or not isinstance(body.get("keys"), list):
+                raise ConfigError(f"--tables-file: {name!r} needs a keys list")
+            extra = {k: v for k, v in body.items() if k in ("partition_field", "order_by")}
+            specs[name] = TableSpec(name, tuple(body["keys"]), **extra)
+    for item in tables:
+        name, sep, rest = item.partition("=")
+        if not sep:
+            specs[name] = resolve_table(name)
+            continue
+        keys, _, partition = rest.partition("@")
+        columns = tuple(k.strip() for k in keys.split(",") if k.strip())
+        if not name or not columns:
+            raise ConfigError(f"--table {item!r}: use NAME or NAME=KEY1,KEY2[@PARTITION]")
+        specs[name] = TableSpec(name, columns, partition_field=partition or "game_date")
+    return specs or None
 
 
 def _console() -> Any:
@@ -248,6 +321,18 @@ def completion_options(func: F) -> F:
             help="Comma-separated expected processors (default: the five analytics tables).",
         ),
         click.option(
+            "--table",
+            "tables",
+            multiple=True,
+            help="A table to check: a built-in name, or NAME=KEY1,KEY2[@PARTITION] for "
+            "any other (repeatable).",
+        ),
+        click.option(
+            "--tables-file",
+            type=click.Path(dir_okay=False),
+            help='JSON table specs: {"NAME": {"keys": [...], "partition_field": "game_date"}}.',
+        ),
+        click.option(
             "--timeout",
             type=click.FloatRange(min=0.1),
             default=10.0,
@@ -275,57 +360,94 @@ def main(verbose: bool) -> None:
     )
 
 
+def threshold_options(func: F) -> F:
+    """One option per health threshold (defaults: pipeline-facts.md)."""
+    from .completion.health import Thresholds
+
+    base = Thresholds()
+    options = [
+        click.option("--max-duplicate-keys", type=click.IntRange(min=0),
+                     default=base.max_duplicate_keys, show_default=True,
+                     help="Duplicate keys per table before critical."),
+        click.option("--min-accuracy", type=click.FloatRange(0, 1),
+                     default=base.min_accuracy, show_default=True,
+                     help="Completion accuracy below which it is critical."),
+        click.option("--max-trigger-delay", type=click.FloatRange(min=0),
+                     default=base.max_trigger_delay_minutes, show_default=True,
+                     help="Minutes from completion to trigger before a warning."),
+        click.option("--max-late-hours", type=click.FloatRange(min=0),
+                     default=DEFAULT_LATENESS_HOURS, show_default=True,
+                     help="Scraper lateness alert (hours)."),
+        click.option("--warn-after", type=click.FloatRange(min=0),
+                     default=base.completion_warn_after_hours, show_default=True,
+                     help="Hours after the date ends by which the phase should be complete "
+                     "(warning past it)."),
+        click.option("--error-after", type=click.FloatRange(min=0),
+                     default=base.completion_error_after_hours, show_default=True,
+                     help="Hours after the date ends past which an incomplete phase is critical."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 @main.command()
 @click.option("--date", "game_date", required=True, help="Game date, YYYY-MM-DD.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
-@completion_options
 @click.option(
-    "--table",
-    "tables",
-    multiple=True,
-    help="Only this table (repeatable; default: every expected processor's table).",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Also write the JSON report to this file (an artifact, like dbt's sources.json).",
 )
+@completion_options
 @click.option("--scraper-expected", help="When the scraper should first run (ISO date-time).")
 @click.option("--scraper-first-run", help="When it first ran (ISO date-time); omit if not yet.")
-@click.option(
-    "--max-late-hours",
-    type=float,
-    default=DEFAULT_LATENESS_HOURS,
-    show_default=True,
-    help="Lateness alert.",
-)
+@threshold_options
 @_errors_to_one_line
 def health(
     game_date: str,
     as_json: bool,
+    output: str | None,
     warehouse: str | None,
     completion: str | None,
     phase: str,
     collection: str | None,
     expected: str | None,
-    timeout: float,
     tables: Sequence[str],
+    tables_file: str | None,
+    timeout: float,
     scraper_expected: str | None,
     scraper_first_run: str | None,
-    max_late_hours: float,
+    **thresholds: float,
 ) -> None:
-    """Duplicates, completion accuracy, trigger delay and scraper lateness for a date.
+    """Rows and duplicates, completion against its deadline, accuracy, trigger delay and
+    scraper lateness for a date. Reads only: nothing is created or changed.
 
-    Exit 0 ok, 1 warning, 2 critical (3: could not run). Signals without data are
-    shown as unknown.
+    Exit 0 ok, 1 warning or unknown, 2 critical (64 usage, 69 could not run).
     """
     from .completion.health import Thresholds, run_health
-    from .tables import resolve_table
-    from .writes.inspect import open_warehouse
 
     day = _date(game_date)
-    specs = {name: resolve_table(name) for name in tables} if tables else None
+    specs = table_specs(tables, tables_file)
     if scraper_first_run and not scraper_expected:
         raise ConfigError("--scraper-first-run needs --scraper-expected")
+    limits = Thresholds(
+        max_duplicate_keys=int(thresholds["max_duplicate_keys"]),
+        min_accuracy=thresholds["min_accuracy"],
+        max_trigger_delay_minutes=thresholds["max_trigger_delay"],
+        max_scraper_late_hours=thresholds["max_late_hours"],
+        completion_warn_after_hours=thresholds["warn_after"],
+        completion_error_after_hours=thresholds["error_after"],
+    )
     expected_at = _datetime(scraper_expected, "--scraper-expected")
     first_run = _datetime(scraper_first_run, "--scraper-first-run")
-    tracker = _tracker(completion, phase, collection, expected, timeout)
-    source = open_warehouse(warehouse) if warehouse else None
+    if not warehouse and not completion:
+        raise ConfigError(
+            f"health needs --warehouse and/or --completion (or {WAREHOUSE_ENV}/{COMPLETION_ENV})"
+            ": with neither, nothing would be checked"
+        )
+    tracker = _tracker(completion, phase, collection, expected, timeout, read_only=True)
+    source = _open_source(warehouse) if warehouse else None
     try:
         report = run_health(
             day,
@@ -334,17 +456,26 @@ def health(
             tables=specs,
             scraper_expected=expected_at,
             scraper_first_run=first_run,
-            thresholds=Thresholds(max_scraper_late_hours=max_late_hours),
+            thresholds=limits,
         )
     finally:
         if source is not None:
             source.close()
+    text = json.dumps(report.to_dict(), indent=2, sort_keys=True)
+    if output:
+        Path(output).write_text(text + "\n", encoding="utf-8")
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+        click.echo(text)
     else:
         from rich.table import Table
 
-        colours = {"ok": "green", "warning": "yellow", "critical": "red", "unknown": "dim"}
+        colours = {
+            "ok": "green",
+            "warning": "yellow",
+            "critical": "red",
+            "unknown": "magenta",
+            "skipped": "dim",
+        }
         table = Table(title=f"processor-guard health {report.game_date}: {report.status.upper()}")
         for col in ("check", "status", "value", "detail"):
             table.add_column(col)
@@ -356,9 +487,43 @@ def health(
     sys.exit(report.exit_code)
 
 
+def _scan_dates(game_date: str | None, date_from: str | None, date_to: str | None) -> list[Any]:
+    """The dates to reconcile: --date, or --from..--to (at most MAX_SCAN_DAYS)."""
+    from .dates import date_range
+
+    if game_date and (date_from or date_to):
+        raise ConfigError("give either --date or --from/--to, not both")
+    if game_date:
+        return [_date(game_date)]
+    if not date_from or not date_to:
+        raise ConfigError("give --date, or --from and --to for a range")
+    start = parse_game_date(date_from, argument="--from")
+    end = parse_game_date(date_to, argument="--to")
+    if end < start:
+        raise ConfigError(f"--to {end} is before --from {start}")
+    days = date_range(start, end)
+    if len(days) > MAX_SCAN_DAYS:
+        raise ConfigError(f"--from..--to spans {len(days)} days; at most {MAX_SCAN_DAYS}")
+    return list(days)
+
+
 @main.command()
-@click.option("--date", "game_date", required=True, help="Game date, YYYY-MM-DD.")
-@click.option("--fix", is_flag=True, help="Repair the document and publish a due trigger.")
+@click.option("--date", "game_date", help="Game date, YYYY-MM-DD.")
+@click.option("--from", "date_from", help="Scan from this date (with --to).")
+@click.option(
+    "--to", "date_to", help=f"Scan to this date, inclusive (at most {MAX_SCAN_DAYS} days)."
+)
+@click.option("--fix", is_flag=True, help="Repair what the data proves and publish a due trigger.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Let --expected replace different expected processors stored in a document.",
+)
+@click.option(
+    "--retrigger",
+    metavar="REASON",
+    help="Publish complete dates' triggers again after a backfill (new dedup id).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @completion_options
 @click.option(
@@ -369,63 +534,111 @@ def health(
 )
 @_errors_to_one_line
 def reconcile(
-    game_date: str,
+    game_date: str | None,
+    date_from: str | None,
+    date_to: str | None,
     fix: bool,
+    force: bool,
+    retrigger: str | None,
     as_json: bool,
     warehouse: str | None,
     completion: str | None,
     phase: str,
     collection: str | None,
     expected: str | None,
+    tables: Sequence[str],
+    tables_file: str | None,
     timeout: float,
     publisher: str | None,
 ) -> None:
-    """Compare a date's completion document with the data; dry run unless --fix.
+    """Compare completion documents with the data; dry run unless --fix.
 
-    --fix records processors whose data exists, recomputes the count and publishes a
-    due trigger for real (never marks it triggered without publishing). Exit 0 when
-    nothing is (left) wrong, 1 otherwise.
+    --fix records only what the data proves (a processor with no entry, clean rows and
+    no declared requirement), never a failed or partial run; recomputes the count; and
+    publishes a due trigger for real. --from/--to scans a range for triggers that never
+    fired. Exit 0 when nothing is (left) wrong, 1 otherwise.
     """
-    from .writes.inspect import open_warehouse
-
-    day = _date(game_date)
+    days = _scan_dates(game_date, date_from, date_to)
     if not warehouse:
         raise ConfigError(f"reconcile needs --warehouse (or {WAREHOUSE_ENV})")
     if not completion:
         raise ConfigError(f"reconcile needs --completion (or {COMPLETION_ENV})")
+    if retrigger is not None and not publisher:
+        raise ConfigError("--retrigger needs --publisher")
     if publisher is None and fix:
         log.warning("no --publisher: a due trigger will be left pending, not published")
-    tracker = _tracker(completion, phase, collection, expected, timeout, publisher)
-    source = open_warehouse(warehouse)
+    specs = table_specs(tables, tables_file)
+    writes = fix or retrigger is not None
+    tracker = _tracker(
+        completion, phase, collection, expected, timeout, publisher, read_only=not writes
+    )
+    reports: list[dict[str, Any]] = []
+    source = _open_source(warehouse)
     try:
-        report = tracker.reconcile(day, source, dry_run=not fix)
-        remaining = tracker.reconcile(day, source, dry_run=True) if fix else report
+        for day in days:
+            reports.append(_reconcile_one(tracker, source, day, fix, force, retrigger, specs))
     finally:
         source.close()
     if as_json:
-        data = report.to_dict()
-        data["remaining_problems"] = list(remaining.problems)
-        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        body: Any = reports[0] if game_date else {"dates": reports}
+        click.echo(json.dumps(body, indent=2, sort_keys=True))
     else:
-        console = _console()
-        mode = "fix" if fix else "dry run"
-        console.print(f"reconcile {tracker.collection}/{report.game_date} ({mode})")
-        for check in report.tables:
+        _print_reconcile(tracker.collection, reports, fix)
+    sys.exit(0 if all(not r["remaining_problems"] for r in reports) else 1)
+
+
+def _reconcile_one(
+    tracker: Any,
+    source: Any,
+    day: dt.date,
+    fix: bool,
+    force: bool,
+    retrigger: str | None,
+    specs: dict[str, Any] | None,
+) -> dict[str, Any]:
+    report = tracker.reconcile(day, source, dry_run=not fix, tables=specs, force=force)
+    remaining = (
+        tracker.reconcile(day, source, dry_run=True, tables=specs, force=force) if fix else report
+    )
+    data: dict[str, Any] = report.to_dict()
+    data["remaining_problems"] = list(remaining.problems)
+    if retrigger is not None and not report.empty:
+        state = tracker.retrigger(day, reason=retrigger)
+        data["retriggered"] = {"dedup_id": state.dedup_id, "message_id": state.message_id}
+        if not state.triggered:
+            data["remaining_problems"].append(f"re-trigger pending: {state.publish_error}")
+    return data
+
+
+def _print_reconcile(collection: str, reports: list[dict[str, Any]], fix: bool) -> None:
+    console = _console()
+    mode = "fix" if fix else "dry run"
+    for r in reports:
+        console.print(f"reconcile {collection}/{r['game_date']} ({mode})", markup=False)
+        if r["empty"]:
+            console.print("  no document and no rows for this date; nothing written", markup=False)
+            continue
+        for check in r["tables"]:
+            recorded = (
+                "" if check["recorded_rows"] is None else f", {check['recorded_rows']} recorded"
+            )
             console.print(
-                f"  {check.table}: {check.rows} rows, {check.duplicate_keys} duplicate keys, "
-                f"document says {'complete' if check.doc_complete else 'not complete'}",
+                f"  {check['table']}: {check['rows']} rows{recorded}, "
+                f"{check['duplicate_keys']} duplicate keys, document says "
+                f"{'complete' if check['doc_complete'] else 'not complete'}",
                 markup=False,
             )
-        for problem in report.problems:
+        for problem in r["problems"]:
             console.print(f"  problem: {problem}", markup=False)
-        for change in report.changes:
+        for change in r["changes"]:
             console.print(f"  change: {change}", markup=False)
+        if "retriggered" in r:
+            console.print(f"  re-triggered: {r['retriggered']}", markup=False)
         if fix:
-            for problem in remaining.problems:
+            for problem in r["remaining_problems"]:
                 console.print(f"  still wrong: {problem}", markup=False)
-        if report.ok:
-            console.print("  nothing wrong")
-    sys.exit(0 if remaining.ok else 1)
+        if not r["problems"]:
+            console.print("  nothing wrong", markup=False)
 
 
 @main.group()
@@ -442,11 +655,33 @@ def store_option(func: F) -> F:
 
 
 def _open_store(url: str | None) -> Any:
+    """The lease store at ``url``; a sqlite:/// file must already exist (a mistyped path
+    would otherwise create a new, empty store that says every key is free)."""
     from .stores import open_store
 
     if not url:
         raise ConfigError(f"no lease store: pass --store or set {STORE_ENV}")
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        path = f"{parts.netloc}{parts.path}"
+        if not path or not Path(path).is_file():
+            raise ConfigError(f"lease store file {path!r} does not exist (--store {STORE_ENV})")
     return open_store(url)
+
+
+def _check_key(key: str) -> str:
+    """A lease key as the library makes them: ``SCOPE:YYYY-MM-DD``."""
+    from .leases import lease_key
+
+    scope, sep, day = key.rpartition(":")
+    try:
+        if sep and lease_key(scope, parse_game_date(day, argument="KEY")) == key:
+            return key
+    except ConfigError:
+        pass
+    raise ConfigError(
+        f"KEY must be SCOPE:YYYY-MM-DD (e.g. player_game_summary:2026-02-03), got {key!r}"
+    )
 
 
 def _holder_dict(h: Any) -> dict[str, Any]:
@@ -488,6 +723,7 @@ def locks_list(store: str | None, as_json: bool) -> None:
 @_errors_to_one_line
 def locks_show(key: str, store: str | None, as_json: bool) -> None:
     """Who holds KEY (e.g. player_game_summary:2026-02-03), or that it is free."""
+    _check_key(key)
     lease_store = _open_store(store)
     try:
         holder = lease_store.holder(key)
@@ -506,23 +742,56 @@ def locks_show(key: str, store: str | None, as_json: bool) -> None:
 @click.argument("key")
 @store_option
 @click.option("--force", is_flag=True, help="Required: breaking a live lease is deliberate.")
-@click.option("--reason", default="", help="Why; written to the log line.")
+@click.option("--reason", default="", help="Why; written to the audit record.")
+@click.option(
+    "--audit-log",
+    envvar=AUDIT_LOG_ENV,
+    type=click.Path(dir_okay=False),
+    help=f"Append who broke what, when and why as a JSON line to this file [env {AUDIT_LOG_ENV}].",
+)
 @_errors_to_one_line
-def locks_break(key: str, store: str | None, force: bool, reason: str) -> None:
-    """Free KEY whoever holds it and raise its fence, so the old holder's writes are refused."""
+def locks_break(
+    key: str, store: str | None, force: bool, reason: str, audit_log: str | None
+) -> None:
+    """Free KEY whoever holds it and raise its fence, so the old holder's writes are refused.
+
+    Exit 0 when a held lease was broken, 1 when KEY was free (nothing broken).
+    """
+    _check_key(key)
     if not force:
         raise ConfigError(f"refusing to break {key!r} without --force")
     lease_store = _open_store(store)
     try:
         before = lease_store.holder(key)
-        fence = lease_store.break_lease(key)
+        fence = None if before is None else lease_store.break_lease(key)
     finally:
         lease_store.close()
     who = f"{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}"
-    was = "free" if before is None else f"held by {before.owner} with fence {before.fence}"
+    if before is None or fence is None:
+        click.echo(f"{key} is free: nothing broken", err=True)
+        sys.exit(1)
+    record = {
+        "at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "event": "lease_broken",
+        "key": key,
+        "by": who,
+        "was_owner": before.owner,
+        "was_fence": before.fence,
+        "fence": fence,
+        "reason": reason,
+    }
+    if audit_log:
+        with open(audit_log, "a", encoding="utf-8") as out:
+            out.write(json.dumps(record, sort_keys=True) + "\n")
     why = f" reason: {reason}" if reason else ""
-    log.warning("lease %s broken by %s (%s); fence raised to %d.%s", key, who, was, fence, why)
-    click.echo(f"broke {key} ({was}); fence is now {fence}; broken by {who}")
+    log.warning(
+        "lease %s broken by %s (held by %s with fence %s); fence raised to %d.%s",
+        key, who, before.owner, before.fence, fence, why,
+    )  # fmt: skip
+    click.echo(
+        f"broke {key} (held by {before.owner} with fence {before.fence}); fence is now {fence}; "
+        f"broken by {who}"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -51,6 +51,8 @@ def test_no_private_name_is_imported_from_another_module() -> None:
 def test_the_checks_see_relative_imports() -> None:
     # Guards the two tests above against passing because they read nothing.
     merge = _imports_from(SRC / "writes" / "merge.py")
-    assert ("processor_guard.leases", "current_lease", next(
-        line for module, name, line in merge if name == "current_lease"
-    )) in merge
+    assert (
+        "processor_guard.leases",
+        "current_lease",
+        next(line for module, name, line in merge if name == "current_lease"),
+    ) in merge

@@ -161,7 +161,9 @@ def run_health(
     source = as_source(warehouse) if warehouse is not None else None
     recon: ReconcileReport | None = None
     if tracker is not None and source is not None:
-        recon = tracker.reconcile(day, source, dry_run=True, tables=specs)
+        # Reconcile needs every expected processor's table, checked here or not.
+        known = {p: TABLES[p] for p in tracker.expected if p in TABLES}
+        recon = tracker.reconcile(day, source, dry_run=True, tables={**known, **specs})
 
     hours_past = _hours_past_deadline(day, moment)
     for processor, spec in specs.items():

@@ -210,8 +210,9 @@ def _table_specs(
     missing = [p for p in expected if p not in source]
     if missing:
         raise ConfigError(
-            f"no table spec for expected processor(s) {missing!r}; pass tables= "
-            f"(known tables: {sorted(source)})"
+            f"no table spec for expected processor(s) {missing!r}: give one with "
+            f"--table NAME=KEY1,KEY2 or --tables-file (tables= in Python); known: "
+            f"{sorted(source)}"
         )
     return {p: source[p] for p in expected}
 

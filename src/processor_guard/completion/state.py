@@ -82,6 +82,8 @@ class CompletionState:
     required: tuple[str, ...] | None = None
     claimed_by: str | None = None
     claimed_until: dt.datetime | None = None
+    # 1 for the first trigger; each re-trigger after a backfill adds one.
+    generation: int = 1
 
     @property
     def uncovered(self) -> dict[str, list[str]]:
@@ -116,8 +118,10 @@ class CompletionState:
 
     @property
     def dedup_id(self) -> str:
-        """Stable id of this phase and date's trigger; subscribers drop repeats of it."""
-        return f"{self.phase}/{self.game_date}"
+        """Stable id of this phase and date's trigger; subscribers drop repeats of it. A
+        re-trigger after a backfill gets a new one (``phase/date#2``)."""
+        base = f"{self.phase}/{self.game_date}"
+        return base if self.generation <= 1 else f"{base}#{self.generation}"
 
     @property
     def trigger_delay(self) -> float | None:
@@ -148,6 +152,7 @@ class CompletionState:
             "last_completion_at": _iso(self.last_completion_at),
             "duplicate": self.duplicate,
             "publish_error": self.publish_error,
+            "generation": self.generation,
             "required": None if self.required is None else list(self.required),
             "uncovered": self.uncovered,
             "claimed_by": self.claimed_by,
@@ -218,6 +223,7 @@ class PhaseRules:
             required=required_units(data),
             claimed_by=_claim_owner(data),
             claimed_until=claim_deadline(data.get("_trigger_claim")),
+            generation=_generation(data),
         )
 
     def derived_fields(
@@ -290,6 +296,11 @@ def claim_deadline(claim: Any) -> dt.datetime | None:
     if claimed_at is None or isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
         return None
     return claimed_at + dt.timedelta(seconds=float(ttl))
+
+
+def _generation(data: Mapping[str, Any]) -> int:
+    value = data.get("_trigger_generation")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 1 else 1
 
 
 def _claim_owner(data: Mapping[str, Any]) -> str | None:

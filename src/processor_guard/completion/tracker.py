@@ -220,6 +220,41 @@ class CompletionTracker:
             state = replace(self._publish_pending(day), duplicate=state.duplicate)
         return state
 
+    def retrigger(self, game_date: dt.date | str, *, reason: str) -> CompletionState:
+        """Publish a complete date's trigger again, after a backfill, under a new dedup id
+        (``phase/date#2``, ...) so subscribers do not drop it as a repeat. Refuses a date
+        that is not complete; a trigger already pending is just published."""
+        day = parse_game_date(game_date).isoformat()
+        if not isinstance(reason, str) or not reason.strip():
+            raise ConfigError("reason must say why the date is re-triggered")
+        rules = self._rules()
+
+        def mutate(cur: dict[str, Any], exists: bool, _read_time: Any) -> Plan:
+            state = rules.state(day, cur, exists=exists)
+            if not state.should_trigger:
+                missing = ", ".join(state.missing) or "coverage"
+                return Plan(None, f"{day} is not complete (missing: {missing})")
+            if state.waiting_for_publish:
+                return Plan(None)
+            history = list(cur.get("_trigger_history") or [])
+            history.append({"message_id": state.message_id, "generation": state.generation})
+            return Plan(
+                {
+                    "_triggered": False,
+                    "_trigger_pending": True,
+                    "_trigger_generation": state.generation + 1,
+                    "_trigger_reason": f"retrigger: {reason.strip()}",
+                    "_trigger_history": history[-self.max_execution_ids :],
+                    "_satisfied_at": server_timestamp(),
+                    "_updated_at": server_timestamp(),
+                }
+            )
+
+        plan, _, _ = self._documents().update(day, mutate)
+        if isinstance(plan.result, str):
+            raise ConfigError(f"cannot re-trigger: {plan.result}")
+        return self._publish_pending(day)
+
     def publish_pending(self, game_date: dt.date | str) -> CompletionState:
         """Publish a trigger left pending (by a failed publish or a crash); no-op otherwise."""
         return self._publish_pending(parse_game_date(game_date).isoformat())
