@@ -11,25 +11,22 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any
 
 from ..dates import parse_game_date
-from ..errors import ConfigError, GuardError, StaleFence
+from ..errors import ConfigError, StaleFence
 from ..leases import Lease, default_owner, held_leases
 from ..tables import TableSpec
-from .documents import DocumentCollection, Plan, delete_field, server_timestamp
+from .documents import DocumentCollection, Plan, server_timestamp
+from .outbox import PublishFn, TriggerOutbox, TriggerPending
 from .reconcile import ReconcileReport, reconcile_date
 from .state import (
     CompletionState,
     PhaseRules,
     TriggerRule,
-    claim_deadline,
     covered_units,
     required_units,
 )
@@ -38,41 +35,11 @@ __all__ = ["CompletionTracker", "PublishFn", "RequiredFn", "TriggerPending"]
 
 log = logging.getLogger("processor_guard.completion")
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-_PHASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-
-
-class PublishFn(Protocol):
-    """Publishes the next phase's trigger and returns the transport's message id."""
-
-    def __call__(self, game_date: str, state: CompletionState, /) -> str: ...
-
-
 #: ``required(game_date) -> units`` says what a date needs (e.g. the schedule's game ids).
 RequiredFn = Callable[[str], Iterable[str]]
 
-
-class TriggerPending(GuardError):
-    """The date is complete but its trigger is not published yet: answer retryable.
-
-    Either the publish failed, or another caller holds the claim (publishing now, or
-    dead: the claim expires at ``state.claimed_until``). ``retry_after`` is the seconds
-    until a redelivery can take the claim over.
-    """
-
-    def __init__(self, state: CompletionState) -> None:
-        self.state = state
-        now = dt.datetime.now(dt.timezone.utc)
-        until = state.claimed_until
-        wait = 10.0 if until is None else (until - now).total_seconds()
-        self.retry_after = max(1.0, wait)
-        if state.publish_error:
-            why = f"publishing failed: {state.publish_error}"
-        elif until is not None:
-            why = f"claimed by {state.claimed_by or 'another caller'} until {until.isoformat()}"
-        else:
-            why = "not published yet"
-        super().__init__(f"trigger {state.dedup_id} pending: {why}")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+_PHASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
 class CompletionTracker:
@@ -217,7 +184,7 @@ class CompletionTracker:
         if state.trigger_pending and not state.triggered:
             if held is not None:
                 held.check()
-            state = replace(self._publish_pending(day), duplicate=state.duplicate)
+            state = replace(self._outbox().publish_pending(day), duplicate=state.duplicate)
         return state
 
     def retrigger(self, game_date: dt.date | str, *, reason: str) -> CompletionState:
@@ -253,11 +220,11 @@ class CompletionTracker:
         plan, _, _ = self._documents().update(day, mutate)
         if isinstance(plan.result, str):
             raise ConfigError(f"cannot re-trigger: {plan.result}")
-        return self._publish_pending(day)
+        return self._outbox().publish_pending(day)
 
     def publish_pending(self, game_date: dt.date | str) -> CompletionState:
         """Publish a trigger left pending (by a failed publish or a crash); no-op otherwise."""
-        return self._publish_pending(parse_game_date(game_date).isoformat())
+        return self._outbox().publish_pending(parse_game_date(game_date).isoformat())
 
     def reconcile(
         self,
@@ -290,7 +257,7 @@ class CompletionTracker:
             tables=tables,
             rules=self._rules(),
             documents=self._documents(),
-            publish_pending=self._publish_pending,
+            publish_pending=self._outbox().publish_pending,
             max_execution_ids=self.max_execution_ids,
             force=force,
         )
@@ -300,6 +267,15 @@ class CompletionTracker:
     # Built on each use from the public attributes, which stay the one source of truth.
     def _rules(self) -> PhaseRules:
         return PhaseRules(self.phase, self.expected, self.rule, self.success_statuses)
+
+    def _outbox(self) -> TriggerOutbox:
+        return TriggerOutbox(
+            self._documents(),
+            self._rules(),
+            self.publish,
+            owner=self.owner,
+            claim_ttl=self.claim_ttl,
+        )
 
     def _documents(self) -> DocumentCollection:
         return DocumentCollection(
@@ -391,147 +367,6 @@ class CompletionTracker:
                 list(required),
             )
         return {"_required": list(required)}
-
-    def _publish_pending(self, day: str) -> CompletionState:
-        """Claim the pending trigger, publish it, mark it; see the class docstring."""
-        documents, rules = self._documents(), self._rules()
-        token = uuid.uuid4().hex
-        plan, data, _ = documents.update(
-            day, lambda cur, _exists, read_time: self._claim(cur, read_time, token)
-        )
-        if not plan.result:
-            error = None
-            if self.publish is None and data.get("_trigger_pending") and not data.get("_triggered"):
-                error = "no publish callable configured"
-            return rules.state(day, data, publish_error=error)
-
-        state = rules.state(day, data)
-        try:
-            with self._claim_kept(day, token):
-                message_id = self._send(day, state)
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            log.warning(
-                "completion %s/%s: publishing the trigger failed (%s); it stays pending",
-                self.collection,
-                day,
-                error,
-            )
-            _, data, _ = documents.update(
-                day, lambda cur, _exists, _read_time: _release(cur, token, error)
-            )
-            return rules.state(day, data, publish_error=error)
-
-        plan, data, _ = documents.update(
-            day, lambda cur, _exists, _read_time: _mark_published(cur, message_id)
-        )
-        if plan.updates is None:
-            log.warning(
-                "completion %s/%s: trigger already marked by another publisher; message %s "
-                "is a duplicate (dedup id %s)",
-                self.collection,
-                day,
-                message_id,
-                state.dedup_id,
-            )
-        log.info(
-            "completion %s/%s: trigger published (message %s)", self.collection, day, message_id
-        )
-        return rules.state(day, data)
-
-    def _claim(self, data: dict[str, Any], read_time: Any, token: str) -> Plan:
-        """Take the pending trigger for ``token`` unless it is published or claimed by a
-        live caller; the plan's result says whether this caller may publish."""
-        if not data.get("_trigger_pending") or data.get("_triggered"):
-            return Plan(None, False)
-        current = data.get("_trigger_claim")
-        if isinstance(current, Mapping) and not _claim_expired(current, read_time):
-            return Plan(None, False)
-        if self.publish is None:
-            return Plan(None, False)
-        return Plan(
-            {
-                "_trigger_claim": {
-                    "owner": self.owner,
-                    "token": token,
-                    "claimed_at": server_timestamp(),
-                    "ttl": self.claim_ttl,
-                },
-                "_trigger_attempts": int(data.get("_trigger_attempts") or 0) + 1,
-            },
-            True,
-        )
-
-    @contextmanager
-    def _claim_kept(self, day: str, token: str) -> Iterator[None]:
-        """Renew the claim every ``claim_ttl / 3`` while the publish runs, so a slow
-        publisher (Pub/Sub may wait 60 s) never sees its claim expire and a second
-        caller publish too. A dead process stops renewing, so its claim still expires."""
-        stop = threading.Event()
-        documents = self._documents()
-
-        def keep() -> None:
-            while not stop.wait(self.claim_ttl / 3):
-                try:
-                    documents.update(day, lambda cur, _e, _t: _renew_claim(cur, token))
-                except Exception as exc:  # the next renewal retries; the claim has margin
-                    log.warning(
-                        "completion %s/%s: claim renewal failed: %r", self.collection, day, exc
-                    )
-
-        keeper = threading.Thread(target=keep, name=f"claim-{day}", daemon=True)
-        keeper.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            keeper.join()
-
-    def _send(self, day: str, state: CompletionState) -> str:
-        """Publish the trigger; the transport's message id."""
-        assert self.publish is not None
-        message_id = self.publish(day, state)
-        if not isinstance(message_id, str) or not message_id:
-            raise GuardError(f"publish returned {message_id!r}, expected a message id string")
-        return message_id
-
-
-def _mark_published(data: dict[str, Any], message_id: str) -> Plan:
-    """Mark the trigger published, unless another publisher already did."""
-    if data.get("_triggered"):
-        return Plan(None)
-    return Plan(
-        {
-            "_triggered": True,
-            "_triggered_at": server_timestamp(),
-            "_trigger_message_id": message_id,
-            "_trigger_pending": False,
-            "_trigger_claim": delete_field(),
-            "_trigger_last_error": delete_field(),
-            "_updated_at": server_timestamp(),
-        }
-    )
-
-
-def _claim_expired(claim: Mapping[str, Any], read_time: Any) -> bool:
-    until = claim_deadline(claim)
-    return until is None or read_time is None or bool(read_time > until)
-
-
-def _renew_claim(data: dict[str, Any], token: str) -> Plan:
-    """Move the claim's start to now while ``token`` still holds it."""
-    claim = data.get("_trigger_claim")
-    if not isinstance(claim, Mapping) or claim.get("token") != token or data.get("_triggered"):
-        return Plan(None)
-    return Plan({"_trigger_claim": {**claim, "claimed_at": server_timestamp()}})
-
-
-def _release(data: dict[str, Any], token: str, error: str) -> Plan:
-    """Give up the claim held by ``token`` after a failed publish, noting the error."""
-    mine = (data.get("_trigger_claim") or {}).get("token") == token
-    if not mine:
-        return Plan(None)
-    return Plan({"_trigger_claim": delete_field(), "_trigger_last_error": error})
 
 
 def _check_name(name: object, argument: str) -> str:
