@@ -467,23 +467,7 @@ def health(
     if as_json:
         click.echo(text)
     else:
-        from rich.table import Table
-
-        colours = {
-            "ok": "green",
-            "warning": "yellow",
-            "critical": "red",
-            "unknown": "magenta",
-            "skipped": "dim",
-        }
-        table = Table(title=f"processor-guard health {report.game_date}: {report.status.upper()}")
-        for col in ("check", "status", "value", "detail"):
-            table.add_column(col)
-        for check in report.checks:
-            colour = colours[check.status]
-            value = "-" if check.value is None else str(check.value)
-            table.add_row(check.name, f"[{colour}]{check.status}[/]", value, check.detail)
-        _console().print(table)
+        _print_health(report)
     sys.exit(report.exit_code)
 
 
@@ -505,6 +489,26 @@ def _scan_dates(game_date: str | None, date_from: str | None, date_to: str | Non
     if len(days) > MAX_SCAN_DAYS:
         raise ConfigError(f"--from..--to spans {len(days)} days; at most {MAX_SCAN_DAYS}")
     return list(days)
+
+
+def _print_health(report: Any) -> None:
+    from rich.table import Table
+
+    colours = {
+        "ok": "green",
+        "warning": "yellow",
+        "critical": "red",
+        "unknown": "magenta",
+        "skipped": "dim",
+    }
+    table = Table(title=f"processor-guard health {report.game_date}: {report.status.upper()}")
+    for col in ("check", "status", "value", "detail"):
+        table.add_column(col)
+    for check in report.checks:
+        colour = colours[check.status]
+        value = "-" if check.value is None else str(check.value)
+        table.add_row(check.name, f"[{colour}]{check.status}[/]", value, check.detail)
+    _console().print(table)
 
 
 @main.command()
