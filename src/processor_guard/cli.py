@@ -10,6 +10,7 @@ stderr (and a JSON object on stdout under ``--json``), never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import getpass
@@ -19,7 +20,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
@@ -247,20 +248,33 @@ def _tracker(
     )
 
 
-def _open_source(url: str) -> Any:
-    """The warehouse at ``url``; a DuckDB file is opened read-only (nothing here writes
-    to the warehouse, and health must not change the files it inspects)."""
+@contextlib.contextmanager
+def _opened_source(url: str | None) -> Iterator[Any]:
+    """The warehouse at ``url`` (None: none) for the block; a DuckDB file is opened
+    read-only (nothing here writes to the warehouse, and health must not change the
+    files it inspects)."""
     from .writes.inspect import WarehouseSource, open_warehouse
 
+    if url is None:
+        yield None
+        return
+    source = open_warehouse(url)  # validates the URL (and that a DuckDB file exists)
     if urlsplit(url).scheme.lower() != "duckdb":
-        return open_warehouse(url)
+        try:
+            yield source
+        finally:
+            source.close()
+        return
     import duckdb
 
     from .writes.warehouse import DuckDBWarehouse
 
-    checked = open_warehouse(url).warehouse  # validates the URL and that the file exists
-    assert isinstance(checked, DuckDBWarehouse) and checked.path is not None
-    return WarehouseSource(DuckDBWarehouse(duckdb.connect(checked.path, read_only=True)))
+    assert isinstance(source.warehouse, DuckDBWarehouse) and source.warehouse.path is not None
+    conn = duckdb.connect(source.warehouse.path, read_only=True)
+    try:
+        yield WarehouseSource(DuckDBWarehouse(conn))
+    finally:
+        conn.close()
 
 
 def table_specs(tables: Sequence[str], tables_file: str | None) -> dict[str, Any] | None:
@@ -447,8 +461,7 @@ def health(
             ": with neither, nothing would be checked"
         )
     tracker = _tracker(completion, phase, collection, expected, timeout, read_only=True)
-    source = _open_source(warehouse) if warehouse else None
-    try:
+    with _opened_source(warehouse or None) as source:
         report = run_health(
             day,
             tracker=tracker,
@@ -458,9 +471,6 @@ def health(
             scraper_first_run=first_run,
             thresholds=limits,
         )
-    finally:
-        if source is not None:
-            source.close()
     text = json.dumps(report.to_dict(), indent=2, sort_keys=True)
     if output:
         Path(output).write_text(text + "\n", encoding="utf-8")
@@ -577,12 +587,9 @@ def reconcile(
         completion, phase, collection, expected, timeout, publisher, read_only=not writes
     )
     reports: list[dict[str, Any]] = []
-    source = _open_source(warehouse)
-    try:
+    with _opened_source(warehouse) as source:
         for day in days:
             reports.append(_reconcile_one(tracker, source, day, fix, force, retrigger, specs))
-    finally:
-        source.close()
     if as_json:
         body: Any = reports[0] if game_date else {"dates": reports}
         click.echo(json.dumps(body, indent=2, sort_keys=True))
@@ -606,7 +613,9 @@ def _reconcile_one(
     )
     data: dict[str, Any] = report.to_dict()
     data["remaining_problems"] = list(remaining.problems)
-    if retrigger is not None and not report.empty:
+    if retrigger is not None and data["remaining_problems"]:
+        data["remaining_problems"].append("not re-triggered while problems remain")
+    elif retrigger is not None and not report.empty:
         state = tracker.retrigger(day, reason=retrigger)
         data["retriggered"] = {"dedup_id": state.dedup_id, "message_id": state.message_id}
         if not state.triggered:

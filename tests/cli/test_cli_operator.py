@@ -158,6 +158,12 @@ def test_reconcile_scans_a_range_and_retriggers_after_a_backfill(tmp_path: Path)
     code, _, err = invoke(*base, "--date", "2026-02-10", "--retrigger", "x",
                           "--publisher", f"file://{out_file}")  # fmt: skip
     assert code == 0 and len(out_file.read_text().splitlines()) == 1  # empty date: nothing
+    with duckdb.connect(str(tmp_path / "w.db")) as con:  # a backfill that went wrong
+        con.execute("INSERT INTO player_game_summary SELECT * FROM player_game_summary LIMIT 3")
+    code, out, _ = invoke(*base, "--date", DATE, "--retrigger", "again",
+                          "--publisher", f"file://{out_file}", "--json")  # fmt: skip
+    assert code == 1 and "not re-triggered while problems remain" in out
+    assert len(out_file.read_text().splitlines()) == 1
 
 
 def test_locks_break_validates_says_free_and_audits(tmp_path: Path) -> None:
