@@ -8,7 +8,11 @@ record completion -> release); the guard adds four things:
 2. ``save`` dedups the batch and MERGEs it with ``safe_merge``, which takes the fence of
    the lease held by ``run``: a writer that lost its lease gets ``StaleFence`` instead
    of overwriting its successor. No DELETE is ever sent.
-3. Completion is recorded while the lease is still held.
+3. Completion is recorded while the lease is still held (``record`` checks it and stores
+   its fence), with the games the run covered: a first batch of 2 of 10 games completes
+   nothing, the run that covers the date does. A trigger left pending (publish failed,
+   or claimed by another caller) raises ``TriggerPending``, so the message is
+   redelivered instead of acked.
 4. When another instance holds the date, ``LockBusy`` leaves ``run``, so the push
    endpoint answers non-2xx and Pub/Sub redelivers later (never "return True").
 """
@@ -27,6 +31,7 @@ from processor_guard import (
     guarded,
     safe_merge,
 )
+from processor_guard.completion.tracker import TriggerPending
 from processor_guard.leases import date_range
 
 log = logging.getLogger(__name__)
@@ -49,6 +54,10 @@ class AnalyticsProcessorBase:
     def transform(self, raw: list[dict[str, Any]], opts: dict[str, Any]) -> list[dict[str, Any]]:
         raise NotImplementedError
 
+    def covered(self, rows: list[dict[str, Any]], day: str) -> list[str]:
+        """What this run covered for ``day``: the games it wrote rows for."""
+        return sorted({str(r["game_id"]) for r in rows if str(r["game_date"]) == day})
+
     # The scope is the table, not the class name: two processors writing one table
     # must share a lease. ttl=60 is safe for long runs: the lease is renewed every
     # ttl/3. wait=0: a busy date is redelivered by Pub/Sub, not waited on.
@@ -56,7 +65,8 @@ class AnalyticsProcessorBase:
     def run(self, opts: dict[str, Any]) -> bool:
         run_id = str(opts.get("run_id") or uuid.uuid4().hex)
         try:
-            written = self.save(self.transform(self.extract(opts), opts))
+            rows = self.transform(self.extract(opts), opts)
+            written = self.save(rows)
         except GuardError:
             # LeaseLost / StaleFence (another instance owns the date now), MergeFailed,
             # InvalidRows: let them out so the push endpoint answers 500.
@@ -66,7 +76,16 @@ class AnalyticsProcessorBase:
             return False
         # Still under the lease: completion can never run ahead of the data.
         for day in date_range(opts["start_date"], opts["end_date"]):
-            self.tracker.record(day, self.table, execution_id=run_id, record_count=written)
+            iso = day.isoformat()
+            state = self.tracker.record(
+                iso,
+                self.table,
+                execution_id=run_id,
+                record_count=written,
+                covered=self.covered(rows, iso),
+            )
+            if state.waiting_for_publish:
+                raise TriggerPending(state)
         return True
 
     def save(self, rows: list[dict[str, Any]]) -> int:

@@ -6,13 +6,25 @@ Pub/Sub retries every answer except 102/200/201/202/204, so the status is the co
 * 409 + Retry-After: ``LockBusy``, another instance holds the date. Pub/Sub redelivers
   with backoff, so the newer data is processed once the holder is done (the old
   pipeline answered 200 here and silently dropped it).
+* 503 + Retry-After: ``TriggerPending``, the date is complete but its trigger is not
+  published yet (the publish failed, or another caller holds the claim until the time
+  given); the redelivery publishes it.
 * 400: the message cannot be processed, ever (bad JSON, bad date). Pub/Sub still
   redelivers non-2xx, so route such messages to a dead-letter topic.
 * 500: the lease was lost (``LeaseLost``/``StaleFence``) or the processor failed;
   redelivery retries the whole run under a new lease.
 
-Run it: ``PROCESSOR_GUARD_STORE=sqlite:///tmp/leases.db DATA_DIR=/tmp PORT=8080 python
-examples/push_endpoint.py`` (player_game_summary into ``$DATA_DIR/warehouse.duckdb``).
+Run it (the environment is described in ``make_processor_from_env``)::
+
+    PROCESSOR_GUARD_STORE=sqlite:///tmp/leases.db DATA_DIR=/tmp PORT=8080 \
+    PROCESSOR_GUARD_EXPECTED=player_game_summary \
+    PROCESSOR_GUARD_PUBLISHER=file:///tmp/triggers.jsonl python examples/push_endpoint.py
+
+and push what Pub/Sub would (``data`` is base64 of ``{"game_date": "2026-02-03"}``)::
+
+    curl -i -X POST localhost:8080/ -H 'Content-Type: application/json' -d \
+      '{"message": {"data": "eyJnYW1lX2RhdGUiOiAiMjAyNi0wMi0wMyJ9", "messageId": "1"},
+        "subscription": "projects/p/subscriptions/pgs"}'
 """
 
 from __future__ import annotations
@@ -21,13 +33,16 @@ import base64
 import json
 import logging
 import os
+import random
 import sys
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import make_server
 
 from processor_guard import ConfigError, LockBusy
+from processor_guard.completion.tracker import TriggerPending
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +94,9 @@ def make_app(make_processor: Callable[[], Processor]) -> Callable[..., Iterable[
             # Retryable: another instance is on this date right now.
             wait = max(1, round(busy.remaining or 1))
             return answer("409 Conflict", f"{busy}\n", (("Retry-After", str(wait)),))
+        except TriggerPending as pending:
+            wait = max(1, round(pending.retry_after))
+            return answer("503 Service Unavailable", f"{pending}\n", (("Retry-After", str(wait)),))
         except Exception as exc:  # LeaseLost, StaleFence, anything unexpected
             log.exception("processing failed")
             return answer("500 Internal Server Error", f"{type(exc).__name__}: {exc}\n")
@@ -89,24 +107,84 @@ def make_app(make_processor: Callable[[], Processor]) -> Callable[..., Iterable[
     return app
 
 
-def main() -> None:
-    """Serve player_game_summary on DuckDB and a local completion document (a sketch)."""
+def make_processor_from_env(environ: Mapping[str, str] = os.environ) -> Callable[[], Processor]:
+    """A factory of player_game_summary processors configured by environment variables.
+
+    ``PROCESSOR_GUARD_STORE``     lease store URL (redis://, firestore://, sqlite:///).
+    ``PROCESSOR_GUARD_WAREHOUSE`` duckdb:///path or bigquery://PROJECT/DATASET
+                                  (default: duckdb ``$DATA_DIR/warehouse.duckdb``).
+    ``PROCESSOR_GUARD_COMPLETION`` firestore://PROJECT or sqlite:///path
+                                  (default: sqlite ``$DATA_DIR/completion.db``).
+    ``PROCESSOR_GUARD_PUBLISHER`` pubsub://projects/P/topics/T, file:///path.jsonl or
+                                  python:module:function; without one every complete
+                                  date answers 503 (the trigger cannot be sent).
+    ``PROCESSOR_GUARD_EXPECTED``  comma-separated processors the phase waits for
+                                  (default: the five analytics tables).
+    ``PROCESSOR_GUARD_PHASE``     the phase (default phase3).
+    """
     sys.path.insert(0, str(Path(__file__).parent))
-    import duckdb
-    from player_game_summary import PlayerGameSummaryProcessor
+    from player_game_summary import PlayerGameSummaryProcessor, scheduled_games
 
     from processor_guard import CompletionTracker
-    from processor_guard.completion.docstore import SQLiteDocumentClient
+    from processor_guard.cli import completion_client, publisher
     from processor_guard.demo.data import EXPECTED_PROCESSORS, create_table_sql
 
-    folder = Path(os.environ.get("DATA_DIR", "."))
-    warehouse = str(folder / "warehouse.duckdb")
-    with duckdb.connect(warehouse) as con:
-        con.execute(create_table_sql("player_game_summary"))
-    tracker = CompletionTracker(
-        SQLiteDocumentClient(folder / "completion.db"), "phase3", list(EXPECTED_PROCESSORS)
+    if not environ.get("PROCESSOR_GUARD_STORE"):
+        raise ConfigError("PROCESSOR_GUARD_STORE (the lease store URL) is not set")
+    folder = Path(environ.get("DATA_DIR", "."))
+    warehouse_url = environ.get("PROCESSOR_GUARD_WAREHOUSE") or (
+        f"duckdb:///{(folder / 'warehouse.duckdb').resolve()}"
     )
-    app = make_app(lambda: PlayerGameSummaryProcessor(warehouse, tracker, dataset="main"))
+    warehouse, dataset = _open_warehouse(warehouse_url, create_table_sql("player_game_summary"))
+    completion_url = environ.get("PROCESSOR_GUARD_COMPLETION")
+    if not completion_url:
+        completion_url = f"sqlite:///{(folder / 'completion.db').resolve()}"
+        Path(completion_url[len("sqlite://") :]).touch()
+    publish_spec = environ.get("PROCESSOR_GUARD_PUBLISHER")
+    if not publish_spec:
+        log.warning("PROCESSOR_GUARD_PUBLISHER is not set: complete dates answer 503")
+    expected = environ.get("PROCESSOR_GUARD_EXPECTED")
+    tracker = CompletionTracker(
+        completion_client(completion_url),
+        environ.get("PROCESSOR_GUARD_PHASE", "phase3"),
+        [n.strip() for n in expected.split(",")] if expected else list(EXPECTED_PROCESSORS),
+        publisher(publish_spec) if publish_spec else None,
+        required=scheduled_games,
+    )
+    return lambda: PlayerGameSummaryProcessor(warehouse, tracker, dataset=dataset)
+
+
+def _open_warehouse(url: str, create_sql: str) -> tuple[Any, str]:
+    """The warehouse object and dataset the processor writes to, its table created."""
+    if url.startswith("duckdb://"):
+        import duckdb
+
+        path = url[len("duckdb://") :]
+        give_up = time.monotonic() + 30
+        while True:  # several endpoints starting together take turns on the file lock
+            try:
+                with duckdb.connect(path) as con:
+                    con.execute(create_sql)
+                return path, "main"
+            except duckdb.IOException:
+                if time.monotonic() > give_up:
+                    raise
+                time.sleep(random.uniform(0.05, 0.2))
+    from processor_guard.writes.inspect import open_warehouse
+
+    source = open_warehouse(url)
+    return source.warehouse, str(source.dataset)
+
+
+def main() -> None:
+    """Serve player_game_summary pushes, configured by the environment (see above)."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    try:
+        make_processor = make_processor_from_env()
+    except ConfigError as exc:
+        print(f"push_endpoint: error: {exc}", file=sys.stderr)
+        raise SystemExit(64) from None
+    app = make_app(make_processor)
     port = int(os.environ.get("PORT", "8080"))
     with make_server(os.environ.get("HOST", "127.0.0.1"), port, app) as server:
         print("listening on {}:{}".format(*server.server_address[:2]), file=sys.stderr, flush=True)

@@ -16,6 +16,7 @@ pytest_plugins: list[str] = [
     "fixtures.firestore_emulator",
     "fixtures.bigquery_emulator",
     "fixtures.redis_topologies",
+    "fixtures.pubsub_emulator",
 ]
 
 

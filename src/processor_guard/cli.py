@@ -3,10 +3,14 @@
 Every command shares one error format (``processor-guard: error: ...``, one line on
 stderr, never a traceback for an expected failure) and one table of exit codes,
 :data:`EXIT_CODES`.
+``health`` exits 0 ok, 1 warning or unknown, 2 critical; ``reconcile`` 0 when nothing
+is (left) wrong, 1 otherwise; ``locks break`` 1 when the key was free. Under ``--json``
+an error is also a JSON object on stdout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import getpass
 import importlib
@@ -16,7 +20,7 @@ import os
 import socket
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
@@ -47,6 +51,8 @@ EXIT_CODES: dict[int, str] = {
     EXIT_USAGE: "usage error: bad option, date, URL, path or table name",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
 }
+MAX_SCAN_DAYS = 62
+AUDIT_LOG_ENV = "PROCESSOR_GUARD_AUDIT_LOG"
 WAREHOUSE_ENV = "PROCESSOR_GUARD_WAREHOUSE"
 COMPLETION_ENV = "PROCESSOR_GUARD_COMPLETION"
 PUBLISHER_ENV = "PROCESSOR_GUARD_PUBLISHER"
@@ -94,22 +100,24 @@ class _Group(click.Group):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        # Under --json an error is a JSON object on stdout too, whatever raised it.
+        as_json = "--json" in (sys.argv[1:] if args is None else list(args))
         try:
             result = super().main(
                 args, prog_name or "processor-guard", complete_var, False, **extra
             )
         except click.UsageError as exc:
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
-            _fail(exc.format_message() + hint, EXIT_USAGE)
+            _fail(exc.format_message() + hint, EXIT_USAGE, as_json=as_json)
         except click.ClickException as exc:
-            _fail(exc.format_message(), EXIT_COULD_NOT_RUN)
+            _fail(exc.format_message(), EXIT_COULD_NOT_RUN, as_json=as_json)
         except click.Abort:
-            _fail("interrupted", EXIT_INTERRUPTED)
+            _fail("interrupted", EXIT_INTERRUPTED, as_json=as_json)
         except Exception as exc:
             failure = classify_failure(exc)
             if failure is None:
                 raise
-            _fail(*failure)
+            _fail(*failure, as_json=as_json)
         if not standalone_mode:
             return result
         sys.exit(result if isinstance(result, int) else EXIT_OK)
@@ -118,7 +126,10 @@ class _Group(click.Group):
 # ---------------------------------------------------------------------- error handling
 
 
-def _fail(message: str, code: int) -> NoReturn:
+def _fail(message: str, code: int, *, as_json: bool = False) -> NoReturn:
+    if as_json:
+        error = {"error": _one_line(message), "exit_code": code, "schema_version": 1}
+        click.echo(json.dumps(error, sort_keys=True))
     click.echo(f"processor-guard: error: {_one_line(message)}", err=True)
     sys.exit(code)
 
@@ -170,8 +181,9 @@ def _names(value: str | None, option: str) -> tuple[str, ...]:
     return names
 
 
-def completion_client(url: str) -> Any:
-    """``firestore://PROJECT`` (or a bare project id) or ``sqlite:///path`` (local docstore)."""
+def completion_client(url: str, *, read_only: bool = False) -> Any:
+    """``firestore://PROJECT`` (or a bare project id) or ``sqlite:///path`` (local docstore);
+    ``read_only`` opens a local file without changing it (Firestore reads are reads)."""
     if "://" not in url:
         if "/" in url or url.endswith(".db"):
             raise ConfigError(
@@ -193,7 +205,7 @@ def completion_client(url: str) -> Any:
             raise ConfigError(f"--completion {url!r}: file {str(path)!r} does not exist")
         from .completion.docstore import SQLiteDocumentClient
 
-        return SQLiteDocumentClient(parts.path)
+        return SQLiteDocumentClient(parts.path, read_only=read_only)
     if parts.scheme == "firestore" and parts.netloc:
         return _firestore_client(parts.netloc)
     raise ConfigError(
@@ -266,19 +278,81 @@ def _tracker(
     expected: str | None,
     timeout: float,
     publish: str | None = None,
+    *,
+    read_only: bool = False,
 ) -> Any:
     from .completion.tracker import CompletionTracker
 
     if not completion:
         return None
     return CompletionTracker(
-        completion_client(completion),
+        completion_client(completion, read_only=read_only),
         phase,
         _names(expected, "--expected"),
         publisher(publish) if publish else None,
         collection=collection,
         rpc_timeout=timeout,
     )
+
+
+@contextlib.contextmanager
+def _opened_source(url: str | None) -> Iterator[Any]:
+    """The warehouse at ``url`` (None: none) for the block; a DuckDB file is opened
+    read-only (nothing here writes to the warehouse, and health must not change the
+    files it inspects)."""
+    from .writes.inspect import WarehouseSource, open_warehouse
+
+    if url is None:
+        yield None
+        return
+    source = open_warehouse(url)  # validates the URL (and that a DuckDB file exists)
+    if urlsplit(url).scheme.lower() != "duckdb":
+        try:
+            yield source
+        finally:
+            source.close()
+        return
+    import duckdb
+
+    from .writes.warehouse import DuckDBWarehouse
+
+    assert isinstance(source.warehouse, DuckDBWarehouse) and source.warehouse.path is not None
+    conn = duckdb.connect(source.warehouse.path, read_only=True)
+    try:
+        yield WarehouseSource(DuckDBWarehouse(conn))
+    finally:
+        conn.close()
+
+
+def table_specs(tables: Sequence[str], tables_file: str | None) -> dict[str, Any] | None:
+    """TableSpecs from ``--table`` (a built-in name, or ``NAME=KEY1,KEY2[@PARTITION]``) and
+    a JSON ``--tables-file`` (``{"NAME": {"keys": [...], "partition_field": ...}}``)."""
+    from .tables import TableSpec, resolve_table
+
+    specs: dict[str, TableSpec] = {}
+    if tables_file:
+        try:
+            raw = json.loads(Path(tables_file).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--tables-file {tables_file!r}: {_one_line(str(exc))}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"--tables-file {tables_file!r} must hold a JSON object")
+        for name, body in raw.items():
+            if not isinstance(body, dict) or not isinstance(body.get("keys"), list):
+                raise ConfigError(f"--tables-file: {name!r} needs a keys list")
+            extra = {k: v for k, v in body.items() if k in ("partition_field", "order_by")}
+            specs[name] = TableSpec(name, tuple(body["keys"]), **extra)
+    for item in tables:
+        name, sep, rest = item.partition("=")
+        if not sep:
+            specs[name] = resolve_table(name)
+            continue
+        keys, _, partition = rest.partition("@")
+        columns = tuple(k.strip() for k in keys.split(",") if k.strip())
+        if not name or not columns:
+            raise ConfigError(f"--table {item!r}: use NAME or NAME=KEY1,KEY2[@PARTITION]")
+        specs[name] = TableSpec(name, columns, partition_field=partition or "game_date")
+    return specs or None
 
 
 def _console() -> Any:
@@ -307,6 +381,18 @@ def completion_options(func: F) -> F:
         click.option(
             "--expected",
             help="Comma-separated expected processors (default: the five analytics tables).",
+        ),
+        click.option(
+            "--table",
+            "tables",
+            multiple=True,
+            help="A table to check: a built-in name, or NAME=KEY1,KEY2[@PARTITION] for "
+            "any other (repeatable).",
+        ),
+        click.option(
+            "--tables-file",
+            type=click.Path(dir_okay=False),
+            help='JSON table specs: {"NAME": {"keys": [...], "partition_field": "game_date"}}.',
         ),
         click.option(
             "--timeout",
@@ -348,57 +434,93 @@ def main(verbose: bool) -> None:
     )
 
 
+def threshold_options(func: F) -> F:
+    """One option per health threshold (defaults: pipeline-facts.md)."""
+    from .completion.health import Thresholds
+
+    base = Thresholds()
+    options = [
+        click.option("--max-duplicate-keys", type=click.IntRange(min=0),
+                     default=base.max_duplicate_keys, show_default=True,
+                     help="Duplicate keys per table before critical."),
+        click.option("--min-accuracy", type=click.FloatRange(0, 1),
+                     default=base.min_accuracy, show_default=True,
+                     help="Completion accuracy below which it is critical."),
+        click.option("--max-trigger-delay", type=click.FloatRange(min=0),
+                     default=base.max_trigger_delay_minutes, show_default=True,
+                     help="Minutes from completion to trigger before a warning."),
+        click.option("--max-late-hours", type=click.FloatRange(min=0),
+                     default=DEFAULT_LATENESS_HOURS, show_default=True,
+                     help="Scraper lateness alert (hours)."),
+        click.option("--warn-after", type=click.FloatRange(min=0),
+                     default=base.completion_warn_after_hours, show_default=True,
+                     help="Hours after the date ends by which the phase should be complete "
+                     "(warning past it)."),
+        click.option("--error-after", type=click.FloatRange(min=0),
+                     default=base.completion_error_after_hours, show_default=True,
+                     help="Hours after the date ends past which an incomplete phase is critical."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 @main.command()
 @click.option("--date", "game_date", required=True, help="Game date, YYYY-MM-DD.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
-@completion_options
 @click.option(
-    "--table",
-    "tables",
-    multiple=True,
-    help="Only this table (repeatable; default: every expected processor's table).",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Also write the JSON report to this file (an artifact, like dbt's sources.json).",
 )
+@completion_options
 @click.option("--scraper-expected", help="When the scraper should first run (ISO date-time).")
 @click.option("--scraper-first-run", help="When it first ran (ISO date-time); omit if not yet.")
-@click.option(
-    "--max-late-hours",
-    type=float,
-    default=DEFAULT_LATENESS_HOURS,
-    show_default=True,
-    help="Lateness alert.",
-)
+@threshold_options
 def health(
     game_date: str,
     as_json: bool,
+    output: str | None,
     warehouse: str | None,
     completion: str | None,
     phase: str,
     collection: str | None,
     expected: str | None,
-    timeout: float,
     tables: Sequence[str],
+    tables_file: str | None,
+    timeout: float,
     scraper_expected: str | None,
     scraper_first_run: str | None,
-    max_late_hours: float,
+    **thresholds: float,
 ) -> None:
-    """Duplicates, completion accuracy, trigger delay and scraper lateness for a date.
+    """Rows and duplicates, completion against its deadline, accuracy, trigger delay and
+    scraper lateness for a date. Reads only: nothing is created or changed.
 
-    Exit 0 ok, 1 warning, 2 critical (3 could not run, 4 usage error). Signals without
-    data are shown as unknown.
+    Exit 0 ok, 1 warning or unknown, 2 critical (3 could not run, 4 usage error).
     """
     from .completion.health import Thresholds, run_health
-    from .tables import resolve_table
-    from .writes.inspect import open_warehouse
 
     day = _date(game_date)
-    specs = {name: resolve_table(name) for name in tables} if tables else None
+    specs = table_specs(tables, tables_file)
     if scraper_first_run and not scraper_expected:
         raise ConfigError("--scraper-first-run needs --scraper-expected")
+    limits = Thresholds(
+        max_duplicate_keys=int(thresholds["max_duplicate_keys"]),
+        min_accuracy=thresholds["min_accuracy"],
+        max_trigger_delay_minutes=thresholds["max_trigger_delay"],
+        max_scraper_late_hours=thresholds["max_late_hours"],
+        completion_warn_after_hours=thresholds["warn_after"],
+        completion_error_after_hours=thresholds["error_after"],
+    )
     expected_at = _datetime(scraper_expected, "--scraper-expected")
     first_run = _datetime(scraper_first_run, "--scraper-first-run")
-    tracker = _tracker(completion, phase, collection, expected, timeout)
-    source = open_warehouse(warehouse) if warehouse else None
-    try:
+    if not warehouse and not completion:
+        raise ConfigError(
+            f"health needs --warehouse and/or --completion (or {WAREHOUSE_ENV}/{COMPLETION_ENV})"
+            ": with neither, nothing would be checked"
+        )
+    tracker = _tracker(completion, phase, collection, expected, timeout, read_only=True)
+    with _opened_source(warehouse or None) as source:
         report = run_health(
             day,
             tracker=tracker,
@@ -406,31 +528,75 @@ def health(
             tables=specs,
             scraper_expected=expected_at,
             scraper_first_run=first_run,
-            thresholds=Thresholds(max_scraper_late_hours=max_late_hours),
+            thresholds=limits,
         )
-    finally:
-        if source is not None:
-            source.close()
+    text = json.dumps(report.to_dict(), indent=2, sort_keys=True)
+    if output:
+        Path(output).write_text(text + "\n", encoding="utf-8")
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+        click.echo(text)
     else:
-        from rich.table import Table
-
-        colours = {"ok": "green", "warning": "yellow", "critical": "red", "unknown": "dim"}
-        table = Table(title=f"processor-guard health {report.game_date}: {report.status.upper()}")
-        for col in ("check", "status", "value", "detail"):
-            table.add_column(col)
-        for check in report.checks:
-            colour = colours[check.status]
-            value = "-" if check.value is None else str(check.value)
-            table.add_row(check.name, f"[{colour}]{check.status}[/]", value, check.detail)
-        _console().print(table)
+        _print_health(report)
     sys.exit(report.exit_code)
 
 
+def _scan_dates(game_date: str | None, date_from: str | None, date_to: str | None) -> list[Any]:
+    """The dates to reconcile: --date, or --from..--to (at most MAX_SCAN_DAYS)."""
+    from .dates import date_range
+
+    if game_date and (date_from or date_to):
+        raise ConfigError("give either --date or --from/--to, not both")
+    if game_date:
+        return [_date(game_date)]
+    if not date_from or not date_to:
+        raise ConfigError("give --date, or --from and --to for a range")
+    start = parse_game_date(date_from, argument="--from")
+    end = parse_game_date(date_to, argument="--to")
+    if end < start:
+        raise ConfigError(f"--to {end} is before --from {start}")
+    days = date_range(start, end)
+    if len(days) > MAX_SCAN_DAYS:
+        raise ConfigError(f"--from..--to spans {len(days)} days; at most {MAX_SCAN_DAYS}")
+    return list(days)
+
+
+def _print_health(report: Any) -> None:
+    from rich.table import Table
+
+    colours = {
+        "ok": "green",
+        "warning": "yellow",
+        "critical": "red",
+        "unknown": "magenta",
+        "skipped": "dim",
+    }
+    table = Table(title=f"processor-guard health {report.game_date}: {report.status.upper()}")
+    for col in ("check", "status", "value", "detail"):
+        table.add_column(col)
+    for check in report.checks:
+        colour = colours[check.status]
+        value = "-" if check.value is None else str(check.value)
+        table.add_row(check.name, f"[{colour}]{check.status}[/]", value, check.detail)
+    _console().print(table)
+
+
 @main.command()
-@click.option("--date", "game_date", required=True, help="Game date, YYYY-MM-DD.")
-@click.option("--fix", is_flag=True, help="Repair the document and publish a due trigger.")
+@click.option("--date", "game_date", help="Game date, YYYY-MM-DD.")
+@click.option("--from", "date_from", help="Scan from this date (with --to).")
+@click.option(
+    "--to", "date_to", help=f"Scan to this date, inclusive (at most {MAX_SCAN_DAYS} days)."
+)
+@click.option("--fix", is_flag=True, help="Repair what the data proves and publish a due trigger.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Let --expected replace different expected processors stored in a document.",
+)
+@click.option(
+    "--retrigger",
+    metavar="REASON",
+    help="Publish complete dates' triggers again after a backfill (new dedup id).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for machines.")
 @completion_options
 @click.option(
@@ -440,63 +606,111 @@ def health(
     f"pubsub://projects/P/topics/T [env {PUBLISHER_ENV}].",
 )
 def reconcile(
-    game_date: str,
+    game_date: str | None,
+    date_from: str | None,
+    date_to: str | None,
     fix: bool,
+    force: bool,
+    retrigger: str | None,
     as_json: bool,
     warehouse: str | None,
     completion: str | None,
     phase: str,
     collection: str | None,
     expected: str | None,
+    tables: Sequence[str],
+    tables_file: str | None,
     timeout: float,
     publisher: str | None,
 ) -> None:
-    """Compare a date's completion document with the data; dry run unless --fix.
+    """Compare completion documents with the data; dry run unless --fix.
 
-    --fix records processors whose data exists, recomputes the count and publishes a
-    due trigger for real (never marks it triggered without publishing). Exit 0 when
-    nothing is (left) wrong, 1 otherwise (3 could not run, 4 usage error).
+    --fix records only what the data proves (a processor with no entry, clean rows and
+    no declared requirement), never a failed or partial run; recomputes the count; and
+    publishes a due trigger for real. --from/--to scans a range for triggers that never
+    fired. Exit 0 when nothing is (left) wrong, 1 otherwise (3 could not run, 4 usage
+    error).
     """
-    from .writes.inspect import open_warehouse
-
-    day = _date(game_date)
+    days = _scan_dates(game_date, date_from, date_to)
     if not warehouse:
         raise ConfigError(f"reconcile needs --warehouse (or {WAREHOUSE_ENV})")
     if not completion:
         raise ConfigError(f"reconcile needs --completion (or {COMPLETION_ENV})")
+    if retrigger is not None and not publisher:
+        raise ConfigError("--retrigger needs --publisher")
     if publisher is None and fix:
         log.warning("no --publisher: a due trigger will be left pending, not published")
-    tracker = _tracker(completion, phase, collection, expected, timeout, publisher)
-    source = open_warehouse(warehouse)
-    try:
-        report = tracker.reconcile(day, source, dry_run=not fix)
-        remaining = tracker.reconcile(day, source, dry_run=True) if fix else report
-    finally:
-        source.close()
+    specs = table_specs(tables, tables_file)
+    writes = fix or retrigger is not None
+    tracker = _tracker(
+        completion, phase, collection, expected, timeout, publisher, read_only=not writes
+    )
+    reports: list[dict[str, Any]] = []
+    with _opened_source(warehouse) as source:
+        for day in days:
+            reports.append(_reconcile_one(tracker, source, day, fix, force, retrigger, specs))
     if as_json:
-        data = report.to_dict()
-        data["remaining_problems"] = list(remaining.problems)
-        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        body: Any = reports[0] if game_date else {"dates": reports}
+        click.echo(json.dumps(body, indent=2, sort_keys=True))
     else:
-        console = _console()
-        mode = "fix" if fix else "dry run"
-        console.print(f"reconcile {tracker.collection}/{report.game_date} ({mode})")
-        for check in report.tables:
+        _print_reconcile(tracker.collection, reports, fix)
+    sys.exit(0 if all(not r["remaining_problems"] for r in reports) else 1)
+
+
+def _reconcile_one(
+    tracker: Any,
+    source: Any,
+    day: dt.date,
+    fix: bool,
+    force: bool,
+    retrigger: str | None,
+    specs: dict[str, Any] | None,
+) -> dict[str, Any]:
+    report = tracker.reconcile(day, source, dry_run=not fix, tables=specs, force=force)
+    remaining = (
+        tracker.reconcile(day, source, dry_run=True, tables=specs, force=force) if fix else report
+    )
+    data: dict[str, Any] = report.to_dict()
+    data["remaining_problems"] = list(remaining.problems)
+    if retrigger is not None and data["remaining_problems"]:
+        data["remaining_problems"].append("not re-triggered while problems remain")
+    elif retrigger is not None and not report.empty:
+        state = tracker.retrigger(day, reason=retrigger)
+        data["retriggered"] = {"dedup_id": state.dedup_id, "message_id": state.message_id}
+        if not state.triggered:
+            data["remaining_problems"].append(f"re-trigger pending: {state.publish_error}")
+    return data
+
+
+def _print_reconcile(collection: str, reports: list[dict[str, Any]], fix: bool) -> None:
+    console = _console()
+    mode = "fix" if fix else "dry run"
+    for r in reports:
+        console.print(f"reconcile {collection}/{r['game_date']} ({mode})", markup=False)
+        if r["empty"]:
+            console.print("  no document and no rows for this date; nothing written", markup=False)
+            continue
+        for check in r["tables"]:
+            recorded = (
+                "" if check["recorded_rows"] is None else f", {check['recorded_rows']} recorded"
+            )
             console.print(
-                f"  {check.table}: {check.rows} rows, {check.duplicate_keys} duplicate keys, "
-                f"document says {'complete' if check.doc_complete else 'not complete'}",
+                f"  {check['table']}: {check['rows']} rows{recorded}, "
+                f"{check['duplicate_keys']} duplicate keys, document says "
+                f"{'complete' if check['doc_complete'] else 'not complete'}",
                 markup=False,
             )
-        for problem in report.problems:
+        for problem in r["problems"]:
             console.print(f"  problem: {problem}", markup=False)
-        for change in report.changes:
+        for change in r["changes"]:
             console.print(f"  change: {change}", markup=False)
+        if "retriggered" in r:
+            console.print(f"  re-triggered: {r['retriggered']}", markup=False)
         if fix:
-            for problem in remaining.problems:
+            for problem in r["remaining_problems"]:
                 console.print(f"  still wrong: {problem}", markup=False)
-        if report.ok:
-            console.print("  nothing wrong")
-    sys.exit(0 if remaining.ok else 1)
+        if not r["problems"]:
+            console.print("  nothing wrong", markup=False)
 
 
 @main.group()
@@ -513,11 +727,33 @@ def store_option(func: F) -> F:
 
 
 def _open_store(url: str | None) -> Any:
+    """The lease store at ``url``; a sqlite:/// file must already exist (a mistyped path
+    would otherwise create a new, empty store that says every key is free)."""
     from .stores import open_store
 
     if not url:
         raise ConfigError(f"no lease store: pass --store or set {STORE_ENV}")
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        path = f"{parts.netloc}{parts.path}"
+        if not path or not Path(path).is_file():
+            raise ConfigError(f"lease store file {path!r} does not exist (--store {STORE_ENV})")
     return open_store(url)
+
+
+def _check_key(key: str) -> str:
+    """A lease key as the library makes them: ``SCOPE:YYYY-MM-DD``."""
+    from .leases import lease_key
+
+    scope, sep, day = key.rpartition(":")
+    try:
+        if sep and lease_key(scope, parse_game_date(day, argument="KEY")) == key:
+            return key
+    except ConfigError:
+        pass
+    raise ConfigError(
+        f"KEY must be SCOPE:YYYY-MM-DD (e.g. player_game_summary:2026-02-03), got {key!r}"
+    )
 
 
 def _holder_dict(h: Any) -> dict[str, Any]:
@@ -567,6 +803,7 @@ def locks_show(key: str, store: str | None, as_json: bool) -> None:
     JSON: {"key", "held": true, "owner", "fence", "remaining"} (seconds, 3 decimals,
     null if unknown), or {"key", "held": false} for a free key.
     """
+    _check_key(key)
     lease_store = _open_store(store)
     try:
         holder = lease_store.holder(key)
@@ -587,22 +824,55 @@ def locks_show(key: str, store: str | None, as_json: bool) -> None:
 @click.argument("key")
 @store_option
 @click.option("--force", is_flag=True, help="Required: breaking a live lease is deliberate.")
-@click.option("--reason", default="", help="Why; written to the log line.")
-def locks_break(key: str, store: str | None, force: bool, reason: str) -> None:
-    """Free KEY whoever holds it and raise its fence, so the old holder's writes are refused."""
+@click.option("--reason", default="", help="Why; written to the audit record.")
+@click.option(
+    "--audit-log",
+    envvar=AUDIT_LOG_ENV,
+    type=click.Path(dir_okay=False),
+    help=f"Append who broke what, when and why as a JSON line to this file [env {AUDIT_LOG_ENV}].",
+)
+def locks_break(
+    key: str, store: str | None, force: bool, reason: str, audit_log: str | None
+) -> None:
+    """Free KEY whoever holds it and raise its fence, so the old holder's writes are refused.
+
+    Exit 0 when a held lease was broken, 1 when KEY was free (nothing broken).
+    """
+    _check_key(key)
     if not force:
         raise ConfigError(f"refusing to break {key!r} without --force")
     lease_store = _open_store(store)
     try:
         before = lease_store.holder(key)
-        fence = lease_store.break_lease(key)
+        fence = None if before is None else lease_store.break_lease(key)
     finally:
         lease_store.close()
     who = f"{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}"
-    was = "free" if before is None else f"held by {before.owner} with fence {before.fence}"
+    if before is None or fence is None:
+        click.echo(f"{key} is free: nothing broken", err=True)
+        sys.exit(1)
+    record = {
+        "at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "event": "lease_broken",
+        "key": key,
+        "by": who,
+        "was_owner": before.owner,
+        "was_fence": before.fence,
+        "fence": fence,
+        "reason": reason,
+    }
+    if audit_log:
+        with open(audit_log, "a", encoding="utf-8") as out:
+            out.write(json.dumps(record, sort_keys=True) + "\n")
     why = f" reason: {reason}" if reason else ""
-    log.warning("lease %s broken by %s (%s); fence raised to %d.%s", key, who, was, fence, why)
-    click.echo(f"broke {key} ({was}); fence is now {fence}; broken by {who}")
+    log.warning(
+        "lease %s broken by %s (held by %s with fence %s); fence raised to %d.%s",
+        key, who, before.owner, before.fence, fence, why,
+    )  # fmt: skip
+    click.echo(
+        f"broke {key} (held by {before.owner} with fence {before.fence}); fence is now {fence}; "
+        f"broken by {who}"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

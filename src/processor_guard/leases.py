@@ -39,6 +39,7 @@ __all__ = [
     "date_range",
     "default_owner",
     "guarded",
+    "held_leases",
     "lease_key",
     "parse_game_date",
     "register_hooks",
@@ -657,7 +658,7 @@ def date_lock(
 
 def _refuse_nested(key: str, store: LeaseStore) -> None:
     """A key this context already holds would wait for itself: say so at once."""
-    for held in _held_here():
+    for held in held_leases():
         if held.key == key and held.store is store and held.active:
             raise LockBusy(
                 key,
@@ -729,8 +730,9 @@ def _acquire(
             waiter.close()
 
 
-def _held_here() -> tuple[Lease, ...]:
-    """The leases whose blocks this context is in, outermost first."""
+def held_leases() -> tuple[Lease, ...]:
+    """The leases whose blocks this context is in, outermost first (``guarded`` holds
+    one per date)."""
     return tuple(lease for lease in _current.get() if not lease.finished)
 
 
@@ -743,7 +745,7 @@ def current_lease(game_date: object = None, *, for_write: bool = False) -> Lease
     does: a write there would go out unchecked and unfenced. Carry the leases into
     worker threads with :func:`bind_leases`.
     """
-    stack = _held_here()
+    stack = held_leases()
     if game_date is None:
         return stack[-1] if stack else None
     day = parse_game_date(game_date)
@@ -776,7 +778,7 @@ def bind_leases(fn: Callable[P, R]) -> Callable[P, R]:
     fence with) the caller's leases. Bind when submitting, not earlier: the leases are
     the ones held at the time of the call to ``bind_leases``.
     """
-    held = _held_here()
+    held = held_leases()
 
     @functools.wraps(fn)
     def bound(*args: P.args, **kwargs: P.kwargs) -> R:

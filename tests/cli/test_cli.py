@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from fixtures.health import build_duckdb
 from processor_guard import CompletionTracker
-from processor_guard.cli import main
+from processor_guard.cli import EXIT_COULD_NOT_RUN, EXIT_USAGE, main
 from processor_guard.completion.docstore import SQLiteDocumentClient
 from processor_guard.demo.data import EXPECTED_PROCESSORS
 from processor_guard.stores import open_store
@@ -145,7 +145,7 @@ def test_health_exit_codes_ok_and_warning(tmp_path: Path, wh: str) -> None:
     ok = CliRunner().invoke(main, [*base, "--json"])
     assert ok.exit_code == 0, ok.output
     statuses = {c["name"]: c["status"] for c in json.loads(ok.output)["checks"]}
-    assert statuses["scraper_lateness"] == "unknown"
+    assert statuses["scraper_lateness"] == "skipped"
     assert statuses["trigger_delay"] == "ok"
     late = CliRunner().invoke(
         main,
@@ -231,38 +231,66 @@ def test_reconcile_on_firestore_emulator_subprocess(
     doc = ref.get().to_dict()
     assert doc["_completed_count"] == 5 and doc["_triggered"] is True
     assert doc["_trigger_message_id"] == f"file:{out}:1"
-    health = run("health", "--date", DATE, "--warehouse", wh, "--completion", completion, env=env)
-    assert health.returncode == 0, health.stdout + health.stderr
+    health = run(
+        "health", "--date", DATE, "--warehouse", wh, "--completion", completion, "--json", env=env
+    )
+    checks = {c["name"]: c for c in json.loads(health.stdout)["checks"]}
+    assert checks["completion"]["status"] == checks["completion_accuracy"]["status"] == "ok"
+    # The repair kept the (unknown) real completion time: the delay is not called on time.
+    assert checks["trigger_delay"]["status"] == "unknown"
+    assert health.returncode == 1, health.stdout + health.stderr
 
 
 # --------------------------------------------------------------------------- errors
 
 
 @pytest.mark.parametrize(
-    ("args", "needle"),
+    ("args", "needle", "code"),
     [
-        (["health", "--date", "2026-02-30"], "--date must be a date"),
-        (["health", "--date", "yesterday"], "--date must be a date"),
-        (["health", "--date", DATE, "--table", "nope"], "unknown table 'nope'"),
-        (["health", "--date", DATE, "--warehouse", "duckdb:///nope/x.db"], "does not exist"),
-        (["health", "--date", DATE, "--warehouse", "duckdb:///tmp"], "'/tmp' is a directory"),
-        (["health", "--date", DATE, "--warehouse", "oracle://x"], "bad warehouse URL"),
-        (["health", "--date", DATE, "--scraper-expected", "6am"], "--scraper-expected"),
-        (["health", "--date", DATE, "--bogus"], "No such option '--bogus'"),
-        (["health"], "Missing option '--date'"),
-        (["reconcile", "--date", DATE], "needs --warehouse"),
-        (["locks", "list", "--store", "nosuch://x"], "bad store URL"),
-        (["locks", "list"], "no lease store"),
-        (["locks", "break", "k", "--store", "memory://"], "without --force"),
-        (["demo", "--dir", "/etc/passwd"], "'/etc/passwd' is a file"),
-        (["demo", "--on-busy", "maybe"], "--on-busy"),
-        (["nosuchcommand"], "No such command 'nosuchcommand'"),
+        (["health", "--date", "2026-02-30"], "--date must be a date", EXIT_USAGE),
+        (["health", "--date", "yesterday"], "--date must be a date", EXIT_USAGE),
+        (["health", "--date", DATE, "--table", "nope"], "unknown table 'nope'", EXIT_USAGE),
+        (
+            ["health", "--date", DATE, "--warehouse", "duckdb:///nope/x.db"],
+            "does not exist",
+            EXIT_USAGE,
+        ),
+        (["health", "--date", DATE, "--warehouse", "oracle://x"], "bad warehouse URL", EXIT_USAGE),
+        (["health", "--date", DATE, "--scraper-expected", "6am"], "--scraper-expected", EXIT_USAGE),
+        (["health", "--date", DATE], "nothing would be checked", EXIT_USAGE),
+        (["health", "--dat", DATE], "No such option '--dat'", EXIT_USAGE),
+        (["reconcile", "--date", DATE], "needs --warehouse", EXIT_USAGE),
+        (
+            ["locks", "list", "--store", "redis://127.0.0.1:1/0"],
+            "unreachable",
+            EXIT_COULD_NOT_RUN,
+        ),
+        (["locks", "list", "--store", "nosuch://x"], "bad store URL", EXIT_USAGE),
+        (["locks", "list"], "no lease store", EXIT_USAGE),
+        (["locks", "break", "k:2026-02-03", "--store", "memory://"], "without --force", EXIT_USAGE),
+        (
+            ["locks", "break", "k", "--force", "--store", "memory://"],
+            "SCOPE:YYYY-MM-DD",
+            EXIT_USAGE,
+        ),
+        (
+            ["health", "--date", DATE, "--warehouse", "duckdb:///tmp"],
+            "'/tmp' is a directory",
+            EXIT_USAGE,
+        ),
+        (["health", "--date", DATE, "--bogus"], "No such option '--bogus'", EXIT_USAGE),
+        (["health"], "Missing option '--date'", EXIT_USAGE),
+        (["demo", "--dir", "/etc/passwd"], "'/etc/passwd' is a file", EXIT_USAGE),
+        (["demo", "--on-busy", "maybe"], "--on-busy", EXIT_USAGE),
+        (["nosuchcommand"], "No such command 'nosuchcommand'", EXIT_USAGE),
     ],
 )
-def test_usage_errors_are_one_line_and_exit_4(args: list[str], needle: str) -> None:
+def test_errors_are_one_line_with_their_own_exit_code(
+    args: list[str], needle: str, code: int
+) -> None:
     env = {"PROCESSOR_GUARD_STORE": "", "PROCESSOR_GUARD_WAREHOUSE": ""}
     proc = run(*args, env=env)
-    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert proc.returncode == code, proc.stdout + proc.stderr
     assert needle in one_line_error(proc.stderr)
     assert proc.stdout == ""
 
@@ -309,7 +337,7 @@ def test_unreachable_firestore_is_one_line(wh: str) -> None:
         "1",
         env={"FIRESTORE_EMULATOR_HOST": "127.0.0.1:1"},
     )
-    assert proc.returncode == 3
+    assert proc.returncode == EXIT_COULD_NOT_RUN
     assert "Firestore" in one_line_error(proc.stderr)
 
 
@@ -331,7 +359,7 @@ def test_locks_memory_store_in_process() -> None:
     refused = runner.invoke(
         main, ["locks", "break", "player_game_summary:2026-02-03", "--store", "memory://cli-test"]
     )
-    assert refused.exit_code == 4
+    assert refused.exit_code == EXIT_USAGE
     assert store.holder("player_game_summary:2026-02-03") is not None
     broke = runner.invoke(
         main,

@@ -14,7 +14,7 @@ import pytest
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 
-from processor_guard import CompletionTracker
+from processor_guard import CompletionTracker, ConfigError
 from processor_guard.completion.docstore import SQLiteDocumentClient
 from processor_guard.demo.data import EXPECTED_PROCESSORS
 
@@ -104,3 +104,55 @@ def test_tracker_counts_exactly_once_across_threads_and_processes(tmp_path: Path
     assert set(state.completed) == set(EXPECTED_PROCESSORS)
     assert state.triggered
     assert published == ["2026-02-03"]
+
+
+def test_documents_are_json_and_a_pickled_payload_is_never_loaded(tmp_path: Path) -> None:
+    import pickle
+    import sqlite3
+
+    path = tmp_path / "docs.db"
+    client = SQLiteDocumentClient(path)
+    ref = client.collection("phase3_completion").document("2026-02-03")
+    when = dt.datetime(2026, 2, 4, 15, 0, 6, tzinfo=dt.timezone.utc)
+    ref.set({"at": when, "n": 3, "names": ["a"], "nested": {"ok": True}})
+    with sqlite3.connect(path) as db:
+        (raw,) = db.execute("SELECT data FROM docs").fetchone()
+    assert '"$timestamp": "2026-02-04T15:00:06+00:00"' in raw
+    assert ref.get().to_dict() == {"at": when, "n": 3, "names": ["a"], "nested": {"ok": True}}
+
+    marker = tmp_path / "ran"
+
+    class Exploit:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (marker.touch, ())  # type: ignore[return-value]
+
+    crafted = pickle.dumps({"x": Exploit()})
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE docs SET data = ?", (crafted,))
+    with pytest.raises(ConfigError, match="not JSON"):
+        ref.get()
+    assert not marker.exists()
+
+
+def test_read_only_client_creates_nothing_and_changes_no_journal_mode(tmp_path: Path) -> None:
+    import sqlite3
+
+    missing = tmp_path / "typo.db"
+    with pytest.raises(ConfigError, match="does not exist"):
+        SQLiteDocumentClient(missing, read_only=True)
+    assert not missing.exists()
+    other = tmp_path / "unrelated.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE t (x)")
+    with pytest.raises(ConfigError, match="not a completion store"):
+        SQLiteDocumentClient(other, read_only=True)
+    with sqlite3.connect(other) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master")]
+    assert tables == ["t"]
+    path = tmp_path / "docs.db"
+    SQLiteDocumentClient(path).collection("c").document("d").set({"a": 1})
+    ro = SQLiteDocumentClient(path, read_only=True)
+    assert ro.collection("c").document("d").get().to_dict() == {"a": 1}
+    with pytest.raises(ConfigError, match="read-only"):
+        ro.collection("c").document("d").set({"a": 2})

@@ -15,6 +15,7 @@ from processor_guard import CompletionTracker, ConfigError, find_duplicates
 from processor_guard.completion.health import (
     CRITICAL,
     OK,
+    SKIPPED,
     UNKNOWN,
     WARNING,
     Thresholds,
@@ -139,8 +140,8 @@ def _status(report: Any) -> dict[str, str]:
 
 def test_health_without_sources_is_unknown_not_ok() -> None:
     report = run_health(DATE)
-    assert set(_status(report).values()) == {UNKNOWN}
-    assert report.exit_code == 0 and report.status == OK
+    assert set(_status(report).values()) == {SKIPPED}
+    assert report.status == UNKNOWN and report.exit_code == 1
 
 
 def test_health_duplicates_and_lateness(tmp_path: Path) -> None:
@@ -157,7 +158,7 @@ def test_health_duplicates_and_lateness(tmp_path: Path) -> None:
     assert status["duplicates:player_game_summary"] == CRITICAL
     assert status["duplicates:team_offense_game_summary"] == OK
     assert status["scraper_lateness"] == WARNING
-    assert status["completion_accuracy"] == UNKNOWN
+    assert status["completion_accuracy"] == SKIPPED
     assert report.exit_code == 2
     data = report.to_dict()
     assert data["status"] == "critical"
@@ -196,7 +197,8 @@ def test_health_completion_and_trigger_delay(firestore_client: Any, tmp_path: Pa
     assert status["completion_accuracy"] == CRITICAL
     accuracy = next(c for c in report.checks if c.name == "completion_accuracy")
     assert accuracy.value == pytest.approx(0.6)
-    assert status["trigger_delay"] == OK  # not due yet
+    assert status["trigger_delay"] == SKIPPED  # not due: the completion check says why
+    assert status["completion"] == CRITICAL  # long past the date's deadline
     assert report.exit_code == 2
 
     for i, name in enumerate(EXPECTED_PROCESSORS[3:]):
@@ -223,3 +225,74 @@ def test_health_completion_and_trigger_delay(firestore_client: Any, tmp_path: Pa
     assert _status(later)["trigger_delay"] == CRITICAL
     # Reading health wrote nothing and published nothing.
     assert other.state(DATE).trigger_pending and len(pub.calls) == 1
+
+
+# --------------------------------------------------------------- deadline and artifacts
+
+DATE_END = dt.datetime(2026, 2, 4, tzinfo=UTC)  # the end of DATE
+
+
+def _docs(tmp_path: Path) -> Any:
+    from processor_guard.completion.docstore import SQLiteDocumentClient
+
+    return SQLiteDocumentClient(tmp_path / "completion.db")
+
+
+def test_a_past_date_with_no_document_and_no_rows_is_critical(tmp_path: Path) -> None:
+    path = tmp_path / "w.db"
+    with duckdb.connect(str(path)) as con:
+        for table in EXPECTED_PROCESSORS:
+            con.execute(create_table_sql(table))
+    tracker = CompletionTracker(_docs(tmp_path), "phase3", list(EXPECTED_PROCESSORS), Recorder())
+    report = run_health(DATE, tracker=tracker, warehouse=str(path), now=DATE_END.replace(day=6))
+    status = _status(report)
+    assert status["completion"] == CRITICAL
+    assert status["duplicates:player_game_summary"] == CRITICAL  # no rows, past deadline
+    completion = next(c for c in report.checks if c.name == "completion")
+    assert (
+        "no completion document" in completion.detail and "player_game_summary" in completion.detail
+    )
+    assert report.exit_code == 2
+    early = run_health(DATE, tracker=tracker, warehouse=str(path), now=DATE_END)
+    assert _status(early)["completion"] == OK and early.exit_code == 0
+
+
+def test_four_of_five_past_the_deadline_is_critical_and_names_the_missing(tmp_path: Path) -> None:
+    path = tmp_path / "w.db"
+    build_duckdb(path)
+    tracker = CompletionTracker(_docs(tmp_path), "phase3", list(EXPECTED_PROCESSORS), Recorder())
+    for i, name in enumerate(EXPECTED_PROCESSORS[:4]):
+        tracker.record(DATE, name, execution_id=f"r{i}")
+    limits = Thresholds(completion_warn_after_hours=1, completion_error_after_hours=2)
+    three_hours = DATE_END + dt.timedelta(hours=3)
+    report = run_health(DATE, tracker=tracker, thresholds=limits, now=three_hours)
+    completion = next(c for c in report.checks if c.name == "completion")
+    assert completion.status == CRITICAL and completion.value == "4/5"
+    assert "missing: upcoming_team_game_context" in completion.detail
+    warn = run_health(
+        DATE, tracker=tracker, thresholds=limits, now=DATE_END + dt.timedelta(hours=1.5)
+    )
+    assert warn.exit_code == 1
+    data = report.to_dict()
+    assert data["schema_version"] == 2 and data["generated_at"] == three_hours.isoformat()
+    assert data["thresholds"]["completion_error_after_hours"] == 2
+    with pytest.raises(ConfigError, match="completion_error_after_hours"):
+        Thresholds(completion_warn_after_hours=3, completion_error_after_hours=2)
+
+
+def test_record_count_that_differs_from_the_table_is_critical(tmp_path: Path) -> None:
+    path = tmp_path / "w.db"
+    counts = build_duckdb(path)
+    tracker = CompletionTracker(_docs(tmp_path), "phase3", list(EXPECTED_PROCESSORS), Recorder())
+    for i, name in enumerate(EXPECTED_PROCESSORS):
+        tracker.record(DATE, name, execution_id=f"r{i}", record_count=counts[name])
+    assert (
+        _status(run_health(DATE, tracker=tracker, warehouse=str(path)))["completion_accuracy"] == OK
+    )
+    tracker.record(DATE, "player_game_summary", execution_id="x", record_count=420)
+    accuracy = next(
+        c
+        for c in run_health(DATE, tracker=tracker, warehouse=str(path)).checks
+        if c.name == "completion_accuracy"
+    )
+    assert accuracy.status == CRITICAL and "420 recorded vs 348 rows" in accuracy.detail

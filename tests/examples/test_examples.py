@@ -316,3 +316,66 @@ def test_processor_on_the_bigquery_emulator(
     assert processor.run({"start_date": DAY, "end_date": DAY, "run_id": "bq-2"}) is True
     assert counts() == (ALL_ROWS, ALL_ROWS)
     assert "player_game_summary" in tracker.state(DAY).completed
+
+
+def _serve(app: Any) -> tuple[Any, int]:
+    server = make_server("127.0.0.1", 0, app, handler_class=_Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, int(server.server_address[1])
+
+
+def test_push_endpoint_answers_retryable_while_the_trigger_is_pending(tmp_path: Path) -> None:
+    """A failed publish, then a redelivery while another caller holds the claim: both
+    answer 503 with Retry-After (never 204, which acks and drops the message); the
+    redelivery after the claim expires publishes exactly once."""
+    warehouse = str(tmp_path / "warehouse.duckdb")
+    with duckdb.connect(warehouse) as con:
+        con.execute(create_table_sql("player_game_summary", qualified="main.player_game_summary"))
+    docs = SQLiteDocumentClient(tmp_path / "completion.db")
+    published: list[str] = []
+    failing = {"left": 1}
+
+    def publish(day: str, state: Any) -> str:
+        if failing["left"]:
+            failing["left"] -= 1
+            raise ConnectionError("pubsub unavailable")
+        published.append(day)
+        return f"m-{len(published)}"
+
+    def schedule(day: str) -> list[str]:
+        return [g.game_id for g in games_for(DEMO_DATE)]
+
+    tracker = CompletionTracker(
+        docs, "phase3", ["player_game_summary"], publish, required=schedule, claim_ttl=2.0
+    )
+    os.environ["PROCESSOR_GUARD_STORE"] = f"sqlite:///{tmp_path}/leases.db"
+    server, port = _serve(
+        make_app(lambda: PlayerGameSummaryProcessor(warehouse, tracker, dataset="main"))
+    )
+    try:
+        assert _push(port, {"game_date": DAY, "games": 2})[0] == 204  # partial: nothing due
+        assert published == [] and not tracker.state(DAY).trigger_pending
+        status, headers = _push(port, {"game_date": DAY})
+        assert status == 503 and int(headers["retry-after"]) >= 1
+        # A caller that claimed the trigger and died: the redelivery must not be acked.
+        from google.cloud import firestore
+
+        tracker.doc_ref(DAY).update(
+            {
+                "_trigger_claim": {
+                    "owner": "dead-endpoint",
+                    "token": "t",
+                    "ttl": 3.0,
+                    "claimed_at": firestore.SERVER_TIMESTAMP,
+                }
+            }
+        )
+        status, headers = _push(port, {"game_date": DAY})
+        assert status == 503 and published == []
+        wait_until(lambda: _push(port, {"game_date": DAY})[0] == 204, 20, "claim expiry")
+        assert published == [DAY]
+    finally:
+        server.shutdown()
+        server.server_close()
+        docs.close()
+        del os.environ["PROCESSOR_GUARD_STORE"]

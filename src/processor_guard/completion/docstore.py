@@ -8,6 +8,10 @@ semantics: ``create`` fails with
 ``AlreadyExists`` when the document exists, and an ``update`` whose precondition no
 longer holds fails with ``FailedPrecondition``. Each write is one ``BEGIN IMMEDIATE``
 transaction, so it is atomic across processes on one machine (not across machines).
+
+Documents are stored as JSON text, timestamps as ``{"$timestamp": "<ISO 8601>"}``; never
+pickle, which would run code from a crafted file on read. ``read_only=True`` opens the
+file without creating it, its table or switching its journal mode (for ``health``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as dt
-import pickle
+import json
 import sqlite3
 import threading
 import time
@@ -31,6 +35,43 @@ from ..errors import ConfigError
 __all__ = ["SQLiteDocumentClient"]
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS docs (path TEXT PRIMARY KEY, data BLOB, update_us INTEGER)"
+
+
+_TIMESTAMP = "$timestamp"
+
+
+def _encode(data: dict[str, Any]) -> str:
+    """A document as JSON text with typed timestamps; other types are refused."""
+
+    def typed(value: Any) -> Any:
+        if isinstance(value, dt.datetime):
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=dt.timezone.utc)
+            return {_TIMESTAMP: value.isoformat()}
+        raise ConfigError(f"cannot store a {type(value).__name__} in a completion document")
+
+    return json.dumps(data, default=typed, sort_keys=True)
+
+
+def _decode(raw: object, path: str) -> dict[str, Any]:
+    def typed(obj: dict[str, Any]) -> Any:
+        if len(obj) == 1 and isinstance(obj.get(_TIMESTAMP), str):
+            return dt.datetime.fromisoformat(obj[_TIMESTAMP])
+        return obj
+
+    try:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        if not isinstance(text, str):
+            raise ValueError(f"a {type(raw).__name__} value")
+        data = json.loads(text, object_hook=typed)
+    except ValueError as exc:
+        raise ConfigError(
+            f"completion document {path!r} is not JSON ({exc.__class__.__name__}); "
+            "not read (an older version stored pickles, which are never loaded)"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"completion document {path!r} is not a JSON object")
+    return data
 
 
 def _utc(us: int) -> dt.datetime:
@@ -123,7 +164,7 @@ class DocumentReference:
             ).fetchone()
         if row is None:
             return DocumentSnapshot(self, None, _utc(now_us), None)
-        return DocumentSnapshot(self, pickle.loads(row[0]), _utc(now_us), _utc(row[1]))
+        return DocumentSnapshot(self, _decode(row[0], self.path), _utc(now_us), _utc(row[1]))
 
     def create(self, document_data: dict[str, Any], *args: Any, **kwargs: Any) -> WriteResult:
         with self._client._tx(write=True) as (db, now_us):
@@ -132,7 +173,7 @@ class DocumentReference:
             data = _resolve(dict(document_data), _utc(now_us))
             db.execute(
                 "INSERT INTO docs (path, data, update_us) VALUES (?, ?, ?)",
-                (self.path, pickle.dumps(data), now_us),
+                (self.path, _encode(data), now_us),
             )
         return WriteResult(_utc(now_us))
 
@@ -141,7 +182,7 @@ class DocumentReference:
             data = _resolve(dict(document_data), _utc(now_us))
             db.execute(
                 "INSERT OR REPLACE INTO docs (path, data, update_us) VALUES (?, ?, ?)",
-                (self.path, pickle.dumps(data), now_us),
+                (self.path, _encode(data), now_us),
             )
         return WriteResult(_utc(now_us))
 
@@ -156,7 +197,7 @@ class DocumentReference:
                 raise not_found(f"No document to update: {self.path}")
             if option is not None and _us(option.last_update_time) != row[1]:
                 raise failed_precondition(f"update_time precondition failed: {self.path}")
-            data: dict[str, Any] = pickle.loads(row[0])
+            data: dict[str, Any] = _decode(row[0], self.path)
             now = _utc(now_us)
             for field_path, value in field_updates.items():
                 *parents, leaf = _split_path(field_path)
@@ -172,7 +213,7 @@ class DocumentReference:
                     target[leaf] = _resolve(value, now)
             db.execute(
                 "UPDATE docs SET data = ?, update_us = ? WHERE path = ?",
-                (pickle.dumps(data), now_us, self.path),
+                (_encode(data), now_us, self.path),
             )
         return WriteResult(now)
 
@@ -195,20 +236,31 @@ class CollectionReference:
             ).fetchall()
         for path, data, update_us in rows:
             ref = self.document(path.split("/", 1)[1])
-            yield DocumentSnapshot(ref, pickle.loads(data), _utc(now_us), _utc(update_us))
+            yield DocumentSnapshot(ref, _decode(data, path), _utc(now_us), _utc(update_us))
 
 
 class SQLiteDocumentClient:
     """Firestore-like documents in one SQLite file; safe across processes on one machine."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
         if not str(path):
             raise ConfigError("SQLiteDocumentClient needs a file path")
         self.path = str(path)
+        self.read_only = read_only
         self._local = threading.local()
         self._last_us = 0
-        with self._tx(write=True):
-            pass
+        if read_only:
+            if not Path(self.path).is_file():
+                raise ConfigError(f"completion file {self.path!r} does not exist")
+            with self._tx(write=False) as (db, _):
+                found = db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'docs'"
+                ).fetchone()
+            if not found:
+                raise ConfigError(f"{self.path!r} is not a completion store (no docs table)")
+        else:
+            with self._tx(write=True):
+                pass
 
     def collection(self, name: str) -> CollectionReference:
         if not name or "/" in name:
@@ -227,12 +279,18 @@ class SQLiteDocumentClient:
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None:
-            db = connect_shared(self.path, timeout=30, setup=(_SCHEMA,))
+            if self.read_only:
+                uri = f"{Path(self.path).resolve().as_uri()}?mode=ro"
+                db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None)
+            else:
+                db = connect_shared(self.path, timeout=30, setup=(_SCHEMA,))
             self._local.db = db
         return db
 
     @contextlib.contextmanager
     def _tx(self, *, write: bool) -> Iterator[tuple[sqlite3.Connection, int]]:
+        if write and self.read_only:
+            raise ConfigError(f"completion file {self.path!r} is open read-only")
         db = self._db()
         db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:

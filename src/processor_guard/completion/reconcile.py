@@ -3,6 +3,14 @@
 The steps, in order: check each expected processor's table (rows, duplicate keys), check
 the document's stored count and trigger flags, then either describe the repairs (dry
 run) or write them in one compare-and-set and publish a trigger that is due.
+
+What the data proves: rows in a table prove a run wrote them, not that it covered the
+date (the incident's first batch wrote 70 of 348 rows). So a processor is recorded
+complete from data only when it has no entry at all (its message was lost), its table
+has rows without duplicate keys, and the date declares no required units. A failed
+entry, a partial coverage or a date with requirements is reported, never turned into
+success. Times stay real: a repair never moves ``_last_completion_at`` or
+``_satisfied_at`` to the reconcile time.
 """
 
 from __future__ import annotations
@@ -32,6 +40,13 @@ class TableCheck:
     duplicate_keys: int
     duplicate_rows: int
     doc_complete: bool
+    # The row count the processor reported with its entry, when it did.
+    recorded_rows: int | None = None
+
+    @property
+    def count_matches(self) -> bool:
+        """False when the processor reported a row count the table does not hold."""
+        return self.recorded_rows is None or self.recorded_rows == self.rows
 
     @property
     def data_present(self) -> bool:
@@ -50,6 +65,8 @@ class TableCheck:
             "duplicate_keys": self.duplicate_keys,
             "duplicate_rows": self.duplicate_rows,
             "doc_complete": self.doc_complete,
+            "recorded_rows": self.recorded_rows,
+            "count_matches": self.count_matches,
             "healthy": self.healthy,
         }
 
@@ -72,6 +89,9 @@ class ReconcileReport:
     message_id: str | None = None
     publish_error: str | None = None
     state: CompletionState | None = None
+
+    # Neither a document nor any row for the date: nothing to reconcile, nothing written.
+    empty: bool = False
 
     @property
     def ok(self) -> bool:
@@ -102,6 +122,7 @@ class ReconcileReport:
             "triggered_after": self.triggered_after,
             "message_id": self.message_id,
             "publish_error": self.publish_error,
+            "empty": self.empty,
             "tables": [t.to_dict() for t in self.tables],
         }
 
@@ -130,14 +151,17 @@ def reconcile_date(
     documents: DocumentCollection,
     publish_pending: Callable[[str], CompletionState],
     max_execution_ids: int,
+    force: bool = False,
 ) -> ReconcileReport:
     """Reconcile ``day`` (``YYYY-MM-DD``); see ``CompletionTracker.reconcile``.
 
     ``publish_pending(day)`` publishes a trigger the repair left pending; the last
     ``max_execution_ids`` execution ids are kept per entry, as ``record`` does.
+    ``force`` lets the given expected processors replace different stored ones.
     """
     specs = _table_specs(rules.expected, tables)
     data, exists = documents.read(day)
+    _check_expected(data, rules.expected, force=force)
     before = rules.state(day, data, exists=exists)
     report = ReconcileReport(
         rules.phase,
@@ -157,6 +181,10 @@ def reconcile_date(
         hidden=before.triggered and not before.message_id,
     )
     _check_trigger(report, before, findings)
+    if not exists and not any(t.rows for t in report.tables):
+        report.empty = True
+        report.state = before
+        return report
     if dry_run:
         _describe_repairs(report, before, findings, exists=exists)
         return report
@@ -183,8 +211,9 @@ def _table_specs(
     missing = [p for p in expected if p not in source]
     if missing:
         raise ConfigError(
-            f"no table spec for expected processor(s) {missing!r}; pass tables= "
-            f"(known tables: {sorted(source)})"
+            f"no table spec for expected processor(s) {missing!r}: give one with "
+            f"--table NAME=KEY1,KEY2 or --tables-file (tables= in Python); known: "
+            f"{sorted(source)}"
         )
     return {p: source[p] for p in expected}
 
@@ -196,7 +225,7 @@ def _check_tables(
     specs: Mapping[str, TableSpec],
 ) -> list[tuple[str, int]]:
     """Count each expected table's rows and duplicate keys for the date, noting what
-    disagrees with the document; returns the processors whose data backs an entry."""
+    disagrees with the document; returns the processors whose data proves an entry."""
     backed: list[tuple[str, int]] = []
     for processor in before.expected:
         spec = specs[processor]
@@ -204,23 +233,73 @@ def _check_tables(
         dups = find_duplicates(warehouse, spec, before.game_date)
         dup_rows = sum(d.count - 1 for d in dups)
         done = processor in before.completed
-        report.tables.append(TableCheck(processor, spec.name, rows, len(dups), dup_rows, done))
+        entry = before.entries.get(processor)
+        recorded = entry.get("record_count") if entry is not None else None
+        recorded_rows = recorded if isinstance(recorded, int) and done else None
+        check = TableCheck(processor, spec.name, rows, len(dups), dup_rows, done, recorded_rows)
+        report.tables.append(check)
         if dups:
             report.problems.append(
                 f"{spec.name}: {len(dups)} duplicate key(s), {dup_rows} extra row(s)"
             )
+        if not check.count_matches:
+            report.problems.append(
+                f"{processor}: recorded {recorded_rows} rows but the table has {rows}"
+            )
         if rows > 0 and not done:
-            if dups:
-                report.problems.append(
-                    f"{processor}: data present but not recorded; not marked complete "
-                    "while its table has duplicates"
-                )
+            unproven = _why_data_proves_nothing(before, processor, rows, bool(dups))
+            if unproven:
+                report.problems.append(unproven)
             else:
                 report.problems.append(f"{processor}: data present ({rows} rows) but not recorded")
                 backed.append((processor, rows))
         elif rows == 0 and done:
             report.problems.append(f"{processor}: recorded complete but the table has no rows")
     return backed
+
+
+def _why_data_proves_nothing(
+    before: CompletionState, processor: str, rows: int, duplicates: bool
+) -> str | None:
+    """Why rows of a processor without a complete entry cannot make it complete (None
+    when they can: no entry at all, clean rows, no declared requirement)."""
+    entry = before.entries.get(processor)
+    keep = "not marked complete"
+    if duplicates:
+        return f"{processor}: data present but not recorded; {keep} while its table has duplicates"
+    if entry is not None and not entry.get("succeeded"):
+        status = entry.get("status")
+        return (
+            f"{processor}: recorded as {status!r}; its {rows} rows do not prove success, "
+            f"{keep} (re-run it)"
+        )
+    if entry is not None:
+        missing = before.uncovered.get(processor, [])
+        return (
+            f"{processor}: covered {len(before.required or ()) - len(missing)} of "
+            f"{len(before.required or ())} required units ({rows} rows); {keep} "
+            f"(missing: {', '.join(missing[:5])}{'...' if len(missing) > 5 else ''})"
+        )
+    if before.required is not None:
+        return (
+            f"{processor}: {rows} rows but no entry, and row counts cannot prove the "
+            f"{len(before.required)} required units are covered; {keep} (re-run it)"
+        )
+    return None
+
+
+def _check_expected(data: Mapping[str, Any], expected: tuple[str, ...], *, force: bool) -> None:
+    """Refuse expected processors that differ from the document's stored ones: a rewrite
+    would silently change what "complete" means for the date (4 of 5 -> complete)."""
+    stored = data.get("_expected")
+    if force or not isinstance(stored, list) or list(expected) == stored:
+        return
+    dropped = [p for p in stored if p not in expected]
+    added = [p for p in expected if p not in stored]
+    raise ConfigError(
+        f"expected processors differ from the document's {stored!r}: "
+        f"dropped {dropped!r}, added {added!r}; pass force to replace them"
+    )
 
 
 def _check_count(report: ReconcileReport, before: CompletionState) -> None:
@@ -295,19 +374,19 @@ def _repair(
                 "execution_id": run_id,
                 "record_count": rows,
                 "recorded_at": server_timestamp(),
-                "first_success_at": server_timestamp(),
                 "succeeded": True,
                 "source": "reconcile",
                 "executions": seen[-max_execution_ids:],
             }
-            fields["_last_completion_at"] = server_timestamp()
         if state.triggered and not state.message_id:
             # A hand repair set _triggered without publishing: clear it, so the
             # outbox publishes for real once the rule is met.
             fields["_triggered"] = False
             fields["_trigger_pending"] = False
         merged = {**cur, **fields}
-        fields.update(rules.derived_fields(day, cur, merged, exists, reason="reconcile"))
+        fields.update(
+            rules.derived_fields(day, cur, merged, exists, reason="reconcile", real_time=False)
+        )
         return Plan(fields or None)
 
     plan, data, _ = documents.update(day, mutate)

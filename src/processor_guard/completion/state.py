@@ -5,6 +5,11 @@ One Firestore document per phase and game date, ``{phase}_completion/{YYYY-MM-DD
 one field per processor (a map) plus metadata fields prefixed ``_``. The completed
 count is always derived from the entries of *expected* processors; it is stored only
 so people can read it.
+
+Completion means coverage: when the document holds ``_required`` (what the date needs,
+e.g. the schedule's game ids), a processor is complete only once its successful
+executions together ``covered`` every required unit. A first batch of 2 of 10 games
+is recorded but completes nothing; the run that covers the rest completes it.
 """
 
 from __future__ import annotations
@@ -18,7 +23,14 @@ from typing import Any
 from .._docapi import server_timestamp
 from .documents import as_datetime
 
-__all__ = ["CompletionState", "PhaseRules", "TriggerRule"]
+__all__ = [
+    "CompletionState",
+    "PhaseRules",
+    "TriggerRule",
+    "claim_deadline",
+    "covered_units",
+    "required_units",
+]
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,32 @@ class CompletionState:
     publish_error: str | None = None
     exists: bool = True
     entries: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    required: tuple[str, ...] | None = None
+    claimed_by: str | None = None
+    claimed_until: dt.datetime | None = None
+    # 1 for the first trigger; each re-trigger after a backfill adds one.
+    generation: int = 1
+
+    @property
+    def uncovered(self) -> dict[str, list[str]]:
+        """Per expected processor with a successful entry, the required units it has not
+        covered yet (only when the date declares what it requires)."""
+        if self.required is None:
+            return {}
+        out: dict[str, list[str]] = {}
+        for p in self.expected:
+            entry = self.entries.get(p)
+            if entry is None or p in self.completed:
+                continue
+            have = set(covered_units(entry))
+            out[p] = [u for u in self.required if u not in have]
+        return out
+
+    @property
+    def waiting_for_publish(self) -> bool:
+        """The trigger is due but not published yet (failed, or claimed by a caller that
+        is publishing or died); a push handler must answer retryable."""
+        return self.trigger_pending and not self.triggered
 
     @property
     def missing(self) -> tuple[str, ...]:
@@ -81,8 +119,10 @@ class CompletionState:
 
     @property
     def dedup_id(self) -> str:
-        """Stable id of this phase and date's trigger; subscribers drop repeats of it."""
-        return f"{self.phase}/{self.game_date}"
+        """Stable id of this phase and date's trigger; subscribers drop repeats of it. A
+        re-trigger after a backfill gets a new one (``phase/date#2``)."""
+        base = f"{self.phase}/{self.game_date}"
+        return base if self.generation <= 1 else f"{base}#{self.generation}"
 
     @property
     def trigger_delay(self) -> float | None:
@@ -113,6 +153,11 @@ class CompletionState:
             "last_completion_at": _iso(self.last_completion_at),
             "duplicate": self.duplicate,
             "publish_error": self.publish_error,
+            "generation": self.generation,
+            "required": None if self.required is None else list(self.required),
+            "uncovered": self.uncovered,
+            "claimed_by": self.claimed_by,
+            "claimed_until": _iso(self.claimed_until),
         }
 
 
@@ -133,9 +178,18 @@ class PhaseRules:
             return False
         return bool(entry.get("succeeded")) or entry.get("status") in self.success_statuses
 
+    def complete(self, entry: Any, required: Sequence[str] | None) -> bool:
+        """True when the entry succeeded and, if the date requires units, covered them all."""
+        if not self.succeeded(entry):
+            return False
+        if required is None:
+            return True
+        return set(required) <= set(covered_units(entry))
+
     def completed(self, data: Mapping[str, Any]) -> tuple[str, ...]:
-        """The expected processors with a successful entry in ``data``, in expected order."""
-        return tuple(p for p in self.expected if self.succeeded(data.get(p)))
+        """The expected processors complete in ``data`` (see ``complete``), in expected order."""
+        required = required_units(data)
+        return tuple(p for p in self.expected if self.complete(data.get(p), required))
 
     def state(
         self,
@@ -167,6 +221,10 @@ class PhaseRules:
             publish_error=publish_error or data.get("_trigger_last_error") or None,
             exists=exists and bool(data),
             entries={k: v for k, v in _entries(data).items() if isinstance(v, Mapping)},
+            required=required_units(data),
+            claimed_by=_claim_owner(data),
+            claimed_until=claim_deadline(data.get("_trigger_claim")),
+            generation=_generation(data),
         )
 
     def derived_fields(
@@ -176,11 +234,14 @@ class PhaseRules:
         merged: Mapping[str, Any],
         exists: bool,
         reason: str = "rule satisfied",
+        real_time: bool = True,
     ) -> dict[str, Any]:
         """Metadata that follows from the entries: count, lists and the outbox flag.
 
         ``before`` is the document as read, ``merged`` the same with this write's
-        entries applied; only fields whose value changes are returned.
+        entries applied; only fields whose value changes are returned. Without
+        ``real_time`` (a repair, long after the fact) ``_satisfied_at`` is the last real
+        completion time, not now.
         """
         completed = self.completed(merged)
         unexpected = sorted(k for k in _entries(merged) if k not in self.expected)
@@ -202,11 +263,51 @@ class PhaseRules:
         if self.trigger.satisfied(self.expected, completed) and not triggered and not pending:
             fields["_trigger_pending"] = True
             fields["_trigger_id"] = f"{self.phase}/{day}"
-            fields["_satisfied_at"] = server_timestamp()
+            fields["_satisfied_at"] = (
+                server_timestamp() if real_time else merged.get("_last_completion_at")
+            )
             fields["_trigger_reason"] = reason
         if fields:
             fields["_updated_at"] = server_timestamp()
         return fields
+
+
+def required_units(data: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """What the date requires (``_required``), None when it declares nothing."""
+    value = data.get("_required")
+    if not isinstance(value, list):
+        return None
+    return tuple(str(u) for u in value)
+
+
+def covered_units(entry: Any) -> tuple[str, ...]:
+    """The units a processor's successful executions covered, as stored in its entry."""
+    if not isinstance(entry, Mapping):
+        return ()
+    value = entry.get("covered")
+    return tuple(str(u) for u in value) if isinstance(value, list) else ()
+
+
+def claim_deadline(claim: Any) -> dt.datetime | None:
+    """When a trigger claim expires (claimed_at + ttl), None without a readable claim."""
+    if not isinstance(claim, Mapping):
+        return None
+    claimed_at = as_datetime(claim.get("claimed_at"))
+    ttl = claim.get("ttl")
+    if claimed_at is None or isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+        return None
+    return claimed_at + dt.timedelta(seconds=float(ttl))
+
+
+def _generation(data: Mapping[str, Any]) -> int:
+    value = data.get("_trigger_generation")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 1 else 1
+
+
+def _claim_owner(data: Mapping[str, Any]) -> str | None:
+    claim = data.get("_trigger_claim")
+    owner = claim.get("owner") if isinstance(claim, Mapping) else None
+    return owner if isinstance(owner, str) else None
 
 
 def _iso(value: dt.datetime | None) -> str | None:

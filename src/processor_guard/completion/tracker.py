@@ -12,32 +12,35 @@ import datetime as dt
 import logging
 import re
 import time
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any
 
-from .._docapi import delete_field, server_timestamp
+from .._docapi import server_timestamp
 from ..dates import parse_game_date
-from ..errors import ConfigError, GuardError
-from ..leases import default_owner
+from ..errors import ConfigError, StaleFence
+from ..leases import Lease, default_owner, held_leases
 from ..tables import TableSpec
-from .documents import DocumentCollection, Plan, as_datetime
+from .documents import DocumentCollection, Plan
+from .outbox import PublishFn, TriggerOutbox, TriggerPending
 from .reconcile import ReconcileReport, reconcile_date
-from .state import CompletionState, PhaseRules, TriggerRule
+from .state import (
+    CompletionState,
+    PhaseRules,
+    TriggerRule,
+    covered_units,
+    required_units,
+)
 
-__all__ = ["CompletionTracker", "PublishFn"]
+__all__ = ["CompletionTracker", "PublishFn", "RequiredFn", "TriggerPending"]
 
 log = logging.getLogger("processor_guard.completion")
 
+#: ``required(game_date) -> units`` says what a date needs (e.g. the schedule's game ids).
+RequiredFn = Callable[[str], Iterable[str]]
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _PHASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-
-
-class PublishFn(Protocol):
-    """Publishes the next phase's trigger and returns the transport's message id."""
-
-    def __call__(self, game_date: str, state: CompletionState, /) -> str: ...
 
 
 class CompletionTracker:
@@ -71,6 +74,7 @@ class CompletionTracker:
         max_attempts: int = 200,
         rpc_timeout: float = 30.0,
         max_execution_ids: int = 500,
+        required: RequiredFn | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not isinstance(phase, str) or not _PHASE_RE.match(phase):
@@ -79,6 +83,8 @@ class CompletionTracker:
         rule = _trigger_rule(critical, fraction, names)
         if publish is not None and not callable(publish):
             raise ConfigError(f"publish must be callable, got {publish!r}")
+        if required is not None and not callable(required):
+            raise ConfigError(f"required must be callable (game_date -> units), got {required!r}")
         if not claim_ttl > 0:
             raise ConfigError(f"claim_ttl must be > 0 seconds, got {claim_ttl!r}")
         coll = collection if collection is not None else f"{phase}_completion"
@@ -96,6 +102,7 @@ class CompletionTracker:
         self.max_attempts = max_attempts
         self.rpc_timeout = rpc_timeout
         self.max_execution_ids = max_execution_ids
+        self.required = required
         self._sleep = sleep
 
     def __repr__(self) -> str:
@@ -121,8 +128,20 @@ class CompletionTracker:
         execution_id: str,
         status: str = "success",
         record_count: int | None = None,
+        covered: Iterable[str] | None = None,
+        lease: Lease | None = None,
     ) -> CompletionState:
         """Store one processor's completion and publish the trigger if it is due.
+
+        Coverage: when the tracker has ``required`` (what the date needs), ``covered``
+        (what this run processed, e.g. its game ids) is mandatory and the processor
+        completes only once its successful runs covered every required unit.
+
+        Lease: under a lease for the date (``lease``, else the one ``guarded`` or
+        ``date_lock`` holds in this context), the lease is checked first (``LeaseLost``)
+        and its fence stored with the entry; a fence older than the one already stored
+        raises ``StaleFence`` and writes nothing, and a lease lost before the publish
+        leaves the trigger to the next caller.
 
         Idempotent per ``(processor, execution_id)``: a duplicate message writes nothing
         but still publishes a trigger left pending by an earlier failure. Names outside
@@ -143,29 +162,70 @@ class CompletionTracker:
         day = parse_game_date(game_date).isoformat()
         name = _check_name(processor, "processor")
         _check_execution(execution_id, status, record_count)
+        units = _check_units(covered, "covered")
+        required = self._required_for(day)
+        if required is not None and units is None:
+            raise ConfigError(
+                "covered is required: this tracker completes a date only when every "
+                "required unit is covered (pass covered=[...game ids...])"
+            )
+        held = lease if lease is not None else _lease_for(day, name)
+        if held is not None:
+            held.check()
         rules = self._rules()
+        execution = _Execution(name, execution_id, status, record_count, units, held)
 
         def mutate(data: dict[str, Any], exists: bool, _read_time: Any) -> Plan:
-            return self._add_execution(
-                rules,
-                day,
-                data,
-                exists,
-                processor=name,
-                execution_id=execution_id,
-                status=status,
-                record_count=record_count,
-            )
+            return self._add_execution(rules, day, data, exists, execution, required)
 
         plan, data, _ = self._documents().update(day, mutate)
+        if isinstance(plan.result, StaleFence):
+            raise plan.result
         state = rules.state(day, data, duplicate=bool(plan.result))
         if state.trigger_pending and not state.triggered:
-            state = replace(self._publish_pending(day), duplicate=state.duplicate)
+            if held is not None:
+                held.check()
+            state = replace(self._outbox().publish_pending(day), duplicate=state.duplicate)
         return state
+
+    def retrigger(self, game_date: dt.date | str, *, reason: str) -> CompletionState:
+        """Publish a complete date's trigger again, after a backfill, under a new dedup id
+        (``phase/date#2``, ...) so subscribers do not drop it as a repeat. Refuses a date
+        that is not complete; a trigger already pending is just published."""
+        day = parse_game_date(game_date).isoformat()
+        if not isinstance(reason, str) or not reason.strip():
+            raise ConfigError("reason must say why the date is re-triggered")
+        rules = self._rules()
+
+        def mutate(cur: dict[str, Any], exists: bool, _read_time: Any) -> Plan:
+            state = rules.state(day, cur, exists=exists)
+            if not state.should_trigger:
+                missing = ", ".join(state.missing) or "coverage"
+                return Plan(None, f"{day} is not complete (missing: {missing})")
+            if state.waiting_for_publish:
+                return Plan(None)
+            history = list(cur.get("_trigger_history") or [])
+            history.append({"message_id": state.message_id, "generation": state.generation})
+            return Plan(
+                {
+                    "_triggered": False,
+                    "_trigger_pending": True,
+                    "_trigger_generation": state.generation + 1,
+                    "_trigger_reason": f"retrigger: {reason.strip()}",
+                    "_trigger_history": history[-self.max_execution_ids :],
+                    "_satisfied_at": server_timestamp(),
+                    "_updated_at": server_timestamp(),
+                }
+            )
+
+        plan, _, _ = self._documents().update(day, mutate)
+        if isinstance(plan.result, str):
+            raise ConfigError(f"cannot re-trigger: {plan.result}")
+        return self._outbox().publish_pending(day)
 
     def publish_pending(self, game_date: dt.date | str) -> CompletionState:
         """Publish a trigger left pending (by a failed publish or a crash); no-op otherwise."""
-        return self._publish_pending(parse_game_date(game_date).isoformat())
+        return self._outbox().publish_pending(parse_game_date(game_date).isoformat())
 
     def reconcile(
         self,
@@ -174,12 +234,17 @@ class CompletionTracker:
         *,
         dry_run: bool = True,
         tables: Mapping[str, TableSpec] | None = None,
+        force: bool = False,
     ) -> ReconcileReport:
         """Compare the document with the warehouse and (unless ``dry_run``) repair it.
 
         For each expected processor it counts the date's rows and duplicate keys. An
-        expected processor whose rows exist without duplicates but has no successful
-        entry gets one (``source: reconcile``); the count is recomputed from entries; a
+        expected processor with no entry at all whose rows exist without duplicates
+        gets one (``source: reconcile``) unless the date declares required units; a
+        failed or partial entry is reported, never made a success (see ``reconcile``);
+        expected processors that differ from the document's stored ones are refused
+        unless ``force``. A date with neither document nor rows is left alone
+        (``report.empty``). The count is recomputed from entries; a
         trigger that is due but was never published (including ``_triggered`` set
         without a message id, as a hand repair does) is published for real through
         ``publish``. ``_triggered`` is never set without a publish. Duplicates and
@@ -193,8 +258,9 @@ class CompletionTracker:
             tables=tables,
             rules=self._rules(),
             documents=self._documents(),
-            publish_pending=self._publish_pending,
+            publish_pending=self._outbox().publish_pending,
             max_execution_ids=self.max_execution_ids,
+            force=force,
         )
 
     # ---------------------------------------------------------------- internals
@@ -203,10 +269,27 @@ class CompletionTracker:
     def _rules(self) -> PhaseRules:
         return PhaseRules(self.phase, self.expected, self.rule, self.success_statuses)
 
+    def _outbox(self) -> TriggerOutbox:
+        return TriggerOutbox(
+            self._documents(),
+            self._rules(),
+            self.publish,
+            owner=self.owner,
+            claim_ttl=self.claim_ttl,
+        )
+
     def _documents(self) -> DocumentCollection:
         return DocumentCollection(
             self.client, self.collection, self.max_attempts, self.rpc_timeout, self._sleep
         )
+
+    def _required_for(self, day: str) -> tuple[str, ...] | None:
+        if self.required is None:
+            return None
+        units = _check_units(self.required(day), "required(game_date)")
+        if not units:
+            raise ConfigError(f"required({day!r}) returned no units; a date needs at least one")
+        return units
 
     def _add_execution(
         self,
@@ -214,159 +297,77 @@ class CompletionTracker:
         day: str,
         data: dict[str, Any],
         exists: bool,
-        *,
-        processor: str,
-        execution_id: str,
-        status: str,
-        record_count: int | None,
+        run: _Execution,
+        required: tuple[str, ...] | None,
     ) -> Plan:
-        """The fields that record one execution of ``processor`` in the document ``data``;
-        the plan's result says whether that execution was already recorded."""
+        """The fields that record one execution in the document ``data``; the plan's
+        result says whether it was already recorded, or is the StaleFence refusing it."""
+        processor = run.processor
         entry = data.get(processor)
         entry = dict(entry) if isinstance(entry, dict) else {}
+        stale = _stale_fence(entry, run.lease, processor, day)
+        if stale is not None:
+            return Plan(None, stale)
         seen = list(entry.get("executions") or [])
-        duplicate = execution_id in seen
-        fields: dict[str, Any] = {}
-        if not duplicate:
-            had_success = rules.succeeded(entry) if entry else False
-            succeeded = had_success or status in rules.success_statuses
-            seen.append(execution_id)
-            new_entry: dict[str, Any] = {
-                **entry,
-                "status": status,
-                "execution_id": execution_id,
-                "record_count": record_count,
-                "recorded_at": server_timestamp(),
-                "succeeded": succeeded,
-                "executions": seen[-self.max_execution_ids :],
-            }
-            if succeeded and not had_success:
-                new_entry["first_success_at"] = server_timestamp()
-                if processor in rules.expected:
-                    fields["_last_completion_at"] = server_timestamp()
-            fields[processor] = new_entry
-            fields["_executions_recorded"] = int(data.get("_executions_recorded") or 0) + 1
-            if processor not in rules.expected and processor not in (data.get("_unexpected") or []):
-                log.warning(
-                    "completion %s/%s: unexpected processor %r stored, not counted",
-                    self.collection,
-                    day,
-                    processor,
-                )
+        if run.execution_id in seen:
+            return Plan(None, True)
+        fields: dict[str, Any] = self._required_update(data, required)
+        required_now = required if required is not None else required_units(data)
+        was_complete = rules.complete(entry, required_now) if entry else False
+        had_success = rules.succeeded(entry) if entry else False
+        succeeded = had_success or run.status in rules.success_statuses
+        seen.append(run.execution_id)
+        covered = set(covered_units(entry))
+        if run.status in rules.success_statuses and run.covered is not None:
+            covered |= set(run.covered)
+        new_entry: dict[str, Any] = {
+            **entry,
+            "status": run.status,
+            "execution_id": run.execution_id,
+            "record_count": run.record_count,
+            "recorded_at": server_timestamp(),
+            "succeeded": succeeded,
+            "executions": seen[-self.max_execution_ids :],
+        }
+        if covered or run.covered is not None:
+            new_entry["covered"] = sorted(covered)
+        if run.lease is not None:
+            new_entry["fence"] = run.lease.fence
+            new_entry["lease_key"] = run.lease.key
+        if succeeded and not had_success:
+            new_entry["first_success_at"] = server_timestamp()
+        if not was_complete and rules.complete(new_entry, required_now):
+            new_entry["completed_at"] = server_timestamp()
+            if processor in rules.expected:
+                fields["_last_completion_at"] = server_timestamp()
+        fields[processor] = new_entry
+        fields["_executions_recorded"] = int(data.get("_executions_recorded") or 0) + 1
+        if processor not in rules.expected and processor not in (data.get("_unexpected") or []):
+            log.warning(
+                "completion %s/%s: unexpected processor %r stored, not counted",
+                self.collection,
+                day,
+                processor,
+            )
         merged = {**data, **fields}
         fields.update(rules.derived_fields(day, data, merged, exists))
-        return Plan(fields or None, duplicate)
+        return Plan(fields, False)
 
-    def _publish_pending(self, day: str) -> CompletionState:
-        """Claim the pending trigger, publish it, mark it; see the class docstring."""
-        documents, rules = self._documents(), self._rules()
-        token = uuid.uuid4().hex
-        plan, data, _ = documents.update(
-            day, lambda cur, _exists, read_time: self._claim(cur, read_time, token)
-        )
-        if not plan.result:
-            error = None
-            if self.publish is None and data.get("_trigger_pending") and not data.get("_triggered"):
-                error = "no publish callable configured"
-            return rules.state(day, data, publish_error=error)
-
-        state = rules.state(day, data)
-        try:
-            message_id = self._send(day, state)
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
+    def _required_update(
+        self, data: Mapping[str, Any], required: tuple[str, ...] | None
+    ) -> dict[str, Any]:
+        """``_required`` when the caller's requirement differs from the stored one (the
+        schedule is the source of truth: a postponed game leaves the list)."""
+        if required is None or required_units(data) == required:
+            return {}
+        if "_required" in data:
             log.warning(
-                "completion %s/%s: publishing the trigger failed (%s); it stays pending",
+                "completion %s: required units change from %s to %s",
                 self.collection,
-                day,
-                error,
+                data.get("_required"),
+                list(required),
             )
-            _, data, _ = documents.update(
-                day, lambda cur, _exists, _read_time: _release(cur, token, error)
-            )
-            return rules.state(day, data, publish_error=error)
-
-        plan, data, _ = documents.update(
-            day, lambda cur, _exists, _read_time: _mark_published(cur, message_id)
-        )
-        if plan.updates is None:
-            log.warning(
-                "completion %s/%s: trigger already marked by another publisher; message %s "
-                "is a duplicate (dedup id %s)",
-                self.collection,
-                day,
-                message_id,
-                state.dedup_id,
-            )
-        log.info(
-            "completion %s/%s: trigger published (message %s)", self.collection, day, message_id
-        )
-        return rules.state(day, data)
-
-    def _claim(self, data: dict[str, Any], read_time: Any, token: str) -> Plan:
-        """Take the pending trigger for ``token`` unless it is published or claimed by a
-        live caller; the plan's result says whether this caller may publish."""
-        if not data.get("_trigger_pending") or data.get("_triggered"):
-            return Plan(None, False)
-        current = data.get("_trigger_claim")
-        if isinstance(current, Mapping) and not _claim_expired(current, read_time, self.claim_ttl):
-            return Plan(None, False)
-        if self.publish is None:
-            return Plan(None, False)
-        return Plan(
-            {
-                "_trigger_claim": {
-                    "owner": self.owner,
-                    "token": token,
-                    "claimed_at": server_timestamp(),
-                    "ttl": self.claim_ttl,
-                },
-                "_trigger_attempts": int(data.get("_trigger_attempts") or 0) + 1,
-            },
-            True,
-        )
-
-    def _send(self, day: str, state: CompletionState) -> str:
-        """Publish the trigger; the transport's message id."""
-        assert self.publish is not None
-        message_id = self.publish(day, state)
-        if not isinstance(message_id, str) or not message_id:
-            raise GuardError(f"publish returned {message_id!r}, expected a message id string")
-        return message_id
-
-
-def _mark_published(data: dict[str, Any], message_id: str) -> Plan:
-    """Mark the trigger published, unless another publisher already did."""
-    if data.get("_triggered"):
-        return Plan(None)
-    return Plan(
-        {
-            "_triggered": True,
-            "_triggered_at": server_timestamp(),
-            "_trigger_message_id": message_id,
-            "_trigger_pending": False,
-            "_trigger_claim": delete_field(),
-            "_trigger_last_error": delete_field(),
-            "_updated_at": server_timestamp(),
-        }
-    )
-
-
-def _claim_expired(claim: Mapping[str, Any], read_time: Any, default_ttl: float) -> bool:
-    claimed_at = as_datetime(claim.get("claimed_at"))
-    if claimed_at is None or read_time is None:
-        return True
-    ttl = claim.get("ttl")
-    ttl = float(ttl) if isinstance(ttl, (int, float)) else default_ttl
-    return bool((read_time - claimed_at).total_seconds() > ttl)
-
-
-def _release(data: dict[str, Any], token: str, error: str) -> Plan:
-    """Give up the claim held by ``token`` after a failed publish, noting the error."""
-    mine = (data.get("_trigger_claim") or {}).get("token") == token
-    if not mine:
-        return Plan(None)
-    return Plan({"_trigger_claim": delete_field(), "_trigger_last_error": error})
+        return {"_required": list(required)}
 
 
 def _check_name(name: object, argument: str) -> str:
@@ -412,3 +413,57 @@ def _check_execution(execution_id: object, status: object, record_count: object)
         isinstance(record_count, bool) or not isinstance(record_count, int) or record_count < 0
     ):
         raise ConfigError(f"record_count must be an int >= 0 or None, got {record_count!r}")
+
+
+class _Execution:
+    """One run's report, as passed to ``record``."""
+
+    def __init__(
+        self,
+        processor: str,
+        execution_id: str,
+        status: str,
+        record_count: int | None,
+        covered: tuple[str, ...] | None,
+        lease: Lease | None,
+    ) -> None:
+        self.processor = processor
+        self.execution_id = execution_id
+        self.status = status
+        self.record_count = record_count
+        self.covered = covered
+        self.lease = lease
+
+
+def _lease_for(day: str, processor: str) -> Lease | None:
+    """The lease this context holds for ``day``: the one scoped to ``processor`` when
+    several are held, else the innermost for the date."""
+    leases = [le for le in held_leases() if le.game_date.isoformat() == day]
+    for le in leases:
+        if le.scope == processor:
+            return le
+    return leases[-1] if leases else None
+
+
+def _stale_fence(
+    entry: Mapping[str, Any], lease: Lease | None, processor: str, day: str
+) -> StaleFence | None:
+    """The refusal of a record whose fence is older than the one stored for its lease."""
+    if lease is None or entry.get("lease_key") != lease.key:
+        return None
+    stored = entry.get("fence")
+    if isinstance(stored, int) and not isinstance(stored, bool) and stored > lease.fence:
+        return StaleFence(f"completion of {processor}", lease.fence, stored, day)
+    return None
+
+
+def _check_units(units: Iterable[str] | None, argument: str) -> tuple[str, ...] | None:
+    if units is None:
+        return None
+    if isinstance(units, (str, bytes)):
+        raise ConfigError(f"{argument} must be a list of unit ids, not a string: {units!r}")
+    values = tuple(units)
+    bad = [u for u in values if not isinstance(u, str) or not u]
+    if bad:
+        raise ConfigError(f"{argument} must hold non-empty strings, got {bad[:3]!r}")
+    return tuple(sorted(set(values)))
