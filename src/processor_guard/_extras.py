@@ -15,6 +15,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "firestore": ("google", "google-cloud-firestore"),
     "bigquery": ("google", "google-cloud-bigquery"),
     "duckdb": ("duckdb", "duckdb"),
+    "pubsub": ("google", "google-cloud-pubsub"),
 }
 
 _MODULE_EXTRA = {
@@ -23,6 +24,8 @@ _MODULE_EXTRA = {
     "google.cloud.firestore": "firestore",
     "google.cloud.firestore_v1": "firestore",
     "google.cloud.bigquery": "bigquery",
+    "google.cloud.pubsub": "pubsub",
+    "google.cloud.pubsub_v1": "pubsub",
 }
 
 

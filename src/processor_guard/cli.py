@@ -156,7 +156,7 @@ def classify_failure(exc: BaseException) -> tuple[str, int] | None:
     if isinstance(exc, (GuardError, OSError)):
         return text, EXIT_COULD_NOT_RUN
     module = type(exc).__module__
-    if module.startswith(("google.", "redis", "duckdb", "_duckdb", "grpc")):
+    if module.startswith(("google.", "redis", "duckdb", "_duckdb", "grpc", "sqlite3")):
         return f"{type(exc).__name__}: {text}", EXIT_COULD_NOT_RUN
     return None
 
@@ -251,12 +251,8 @@ def publisher(spec: str) -> Callable[[str, Any], str]:
         return to_file
     if parts.scheme == "pubsub" and parts.netloc == "projects":
         topic = f"projects{parts.path}"
-        try:
+        with needs_extra("pubsub", "a pubsub:// publisher"):
             from google.cloud import pubsub_v1  # type: ignore[attr-defined]
-        except ImportError:
-            raise ConfigError(
-                "pubsub:// publishers need google-cloud-pubsub (pip install google-cloud-pubsub)"
-            ) from None
         client = pubsub_v1.PublisherClient()
 
         def to_pubsub(game_date: str, state: Any) -> str:

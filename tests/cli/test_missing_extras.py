@@ -49,7 +49,7 @@ def test_open_store_names_the_extra(blocked: str, url: str, extra: str) -> None:
     ("blocked", "args", "extra"),
     [
         ("redis", ["locks", "list", "--store", "redis://127.0.0.1:6379/0"], "redis"),
-        ("google", ["locks", "show", "k", "--store", "firestore://p"], "firestore"),
+        ("google", ["locks", "show", "k:2026-02-03", "--store", "firestore://p"], "firestore"),
         ("duckdb", ["health", "--date", "2026-02-03", "--warehouse", "duckdb://{file}"], "duckdb"),
         ("google", ["health", "--date", "2026-02-03", "--warehouse", "bigquery://p/d"], "bigquery"),
         ("google", ["health", "--date", "2026-02-03", "--completion", "my-project"], "firestore"),

@@ -37,7 +37,7 @@ def test_published_extras_hold_no_dev_tools_and_duckdb_is_optional() -> None:
     project = _pyproject()["project"]
     assert isinstance(project, dict)
     extras = project["optional-dependencies"]
-    assert set(extras) == {"redis", "firestore", "bigquery", "duckdb", "all"}
+    assert set(extras) == {"redis", "firestore", "bigquery", "duckdb", "pubsub", "all"}
     published = " ".join([*project["dependencies"], *(r for rs in extras.values() for r in rs)])
     for tool in ("pytest", "mypy", "ruff", "mkdocs", "hypothesis", "pandas", "matplotlib"):
         assert tool not in published
