@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import click
 
+from ._extras import extra_for, needs_extra
 from .completion.lateness import DEFAULT_LATENESS_HOURS
 from .dates import parse_game_date, parse_instant
 from .errors import ConfigError, GuardError
@@ -141,7 +142,6 @@ def _one_line(text: str) -> str:
 
 def classify_failure(exc: BaseException) -> tuple[str, int] | None:
     """(message, exit code) for an expected failure; None for a bug (keep the traceback)."""
-    from ._extras import extra_for
     from .errors import MissingDependency
 
     text = str(exc) or type(exc).__name__
@@ -214,7 +214,6 @@ def completion_client(url: str, *, read_only: bool = False) -> Any:
 
 
 def _firestore_client(project: str) -> Any:
-    from ._extras import needs_extra
 
     with needs_extra("firestore", "--completion firestore://"):
         from google.cloud import firestore
