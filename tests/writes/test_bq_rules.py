@@ -17,7 +17,7 @@ from processor_guard.writes.warehouse.bigquery import classify_bigquery_error
 
 @pytest.fixture
 def model() -> BigQueryRules:
-    rules = BigQueryRules(rate=None)
+    rules = BigQueryRules(rate=None, serial=False)
     rules.conn.execute("CREATE TABLE t (k INTEGER, v INTEGER)")
     rules.conn.execute("INSERT INTO t VALUES (1, 10), (2, 20)")
     rules.conn.execute("CREATE TABLE other (k INTEGER, v INTEGER)")
@@ -69,9 +69,7 @@ def test_r2_the_later_mutating_transaction_is_cancelled(model: BigQueryRules) ->
         b.execute("UPDATE t SET v = 22 WHERE k = 2")  # another row: still the same table
     assert info.value.code == 400
     assert info.value.errors[0]["reason"] == "invalidQuery"
-    assert "Transaction is aborted due to concurrent update against table main.t" in str(
-        info.value
-    )
+    assert "Transaction is aborted due to concurrent update against table main.t" in str(info.value)
     assert classify_bigquery_error(info.value) == "conflict"
     a.execute("COMMIT TRANSACTION")
     assert rows(model) == [(1, 11), (2, 20)]  # b's update was rolled back with b
@@ -149,7 +147,7 @@ def test_r6_statements_over_the_rate_wait_for_the_window() -> None:
         pauses.append(seconds)
         now[0] += seconds
 
-    model = BigQueryRules(rate=(3, 10.0), clock=lambda: now[0], sleep=sleep)
+    model = BigQueryRules(rate=(3, 10.0), serial=False, clock=lambda: now[0], sleep=sleep)
     model.conn.execute("CREATE TABLE t (k INTEGER, v INTEGER)")
     for k in range(3):
         job(model).execute(INSERT_ONLY.format(k=k))

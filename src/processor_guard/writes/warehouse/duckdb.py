@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import re
-import uuid
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +20,8 @@ from .sql import STALE_MARKER, Dialect, guard_table_ddl, is_identifier, write_st
 
 __all__ = ["DUCKDB_DIALECT", "DuckDBWarehouse"]
 
+_turns: dict[object, threading.Lock] = {}
+_turns_lock = threading.Lock()
 _PARAMETER_OR_QUOTED = re.compile(r"('(?:[^']|'')*'|\"(?:[^\"]|\"\")*\")|@([A-Za-z_][A-Za-z0-9_]*)")
 # Waiting for another process's lock on the database file: the first retry comes
 # after up to 10 ms, later ones after at most 250 ms each.
@@ -204,8 +206,20 @@ class DuckDBWarehouse(Warehouse):
 
     # -- writing ----------------------------------------------------------------------
     def merge(self, plan: MergePlan, *, timeout: float | None = None) -> MergeOutcome:
-        with self._cursor(wait=False) as cur:
+        with self.write_turn(), self._cursor(wait=False) as cur:
             return self._merge_with(_StatementLog(cur), plan)
+
+    def write_turn(self) -> Any:
+        """This process's saves into one DuckDB database take turns.
+
+        DuckDB 2.0.1 hangs when several threads' write transactions conflict (UPDATE,
+        ROLLBACK and catalog reads wait on each other), so threads of one process do
+        not overlap their saves; other processes are kept out by the file lock.
+        """
+        key: object = self.path if self.path is not None else id(self.conn)
+        with _turns_lock:
+            turn = _turns.setdefault(key, threading.Lock())
+        return turn
 
     def ensure_guard(self, log: _StatementLog, table: str) -> str:
         """The quoted guard table of ``table``, created (with its row) if it does not exist.
@@ -221,29 +235,25 @@ class DuckDBWarehouse(Warehouse):
 
     def _merge_with(self, log: _StatementLog, plan: MergePlan) -> MergeOutcome:
         guard = self.ensure_guard(log, plan.table)
-        src = f"pg_src_{uuid.uuid4().hex[:12]}"
-        log.run(
-            f"CREATE TEMP TABLE {src} ("
-            + ", ".join(f"{c.name} {c.native_type or c.type}" for c in plan.columns)
-            + ")"
-        )
+        source, source_args = _values_source(plan)
         steps = write_steps(
             plan,
             [fence_partition_key(v) for v in plan.partition_values],
             target=self.quote_table(plan.table),
             guard=guard,
-            source=src,
+            source=source,
             dialect=DUCKDB_DIALECT,
         )
         in_transaction = False
         matched = newer = 0
         missing: list[dict[str, Any]] = []
         try:
-            _load_rows(log, src, plan)
             for step in steps:
                 in_transaction = in_transaction or step.kind == "begin"
-                args = [_duck_value(a) for a in step.args] if step.args else None
-                result = log.run(step.sql, args)
+                # The source comes before the partition values in every statement using it.
+                uses_source = step.kind in ("missing", "count", "merge")
+                args = [*(source_args if uses_source else ()), *map(_duck_value, step.args)]
+                result = log.run(step.sql, args or None)
                 if step.kind == "count":
                     matched, newer = (int(v) for v in result.fetchone())
                 elif step.kind == "missing":
@@ -255,21 +265,18 @@ class DuckDBWarehouse(Warehouse):
             if STALE_MARKER in str(exc):
                 raise self.stale_fence(plan) from exc
             raise
-        finally:
-            with contextlib.suppress(Exception):
-                log.run(f"DROP TABLE IF EXISTS {src}", keep=False)
         return plan_outcome(plan, matched, newer, missing, jobs=1, path="duckdb",
                             statements=log.statements)  # fmt: skip
 
 
-def _load_rows(log: _StatementLog, src: str, plan: MergePlan) -> None:
-    """The batch into the temporary source table, in chunks of about 2,000 values."""
-    names = plan.column_names
-    chunk = max(1, 2000 // max(len(names), 1))
-    row_marks = "(" + ", ".join("?" for _ in names) + ")"
-    for start in range(0, len(plan.rows), chunk):
-        part = plan.rows[start : start + chunk]
-        args = [_duck_value(row.get(n)) for row in part for n in names]
-        sql = f"INSERT INTO {src} VALUES " + ", ".join(row_marks for _ in part)
-        # Keeps only the first chunk's statement: the others differ only in length.
-        log.run(sql, args, keep=start == 0)
+def _values_source(plan: MergePlan) -> tuple[str, list[Any]]:
+    """The batch as one typed list-of-structs parameter, and that parameter.
+
+    Inline rather than a temporary table: DuckDB 2.0 can hang when threads create and
+    fill temporary tables while other transactions conflict.
+    """
+    fields = ", ".join(f"{c.name} {c.native_type or c.type}" for c in plan.columns)
+    names = ", ".join(plan.column_names)
+    sql = f"(SELECT {names} FROM (SELECT UNNEST(?::STRUCT({fields})[], recursive := true)))"
+    rows = [{c.name: _duck_value(row.get(c.name)) for c in plan.columns} for row in plan.rows]
+    return sql, [rows]

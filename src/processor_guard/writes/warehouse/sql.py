@@ -262,22 +262,27 @@ def write_steps(
     Why it is correct under BigQuery's rules: the transaction always UPDATEs the
     guard table's table row, so two saves into one table always conflict (a MERGE
     that only inserts never does), and the one cancelled retries from a fresh
-    snapshot. A fence is claimed before the transaction and only ever raised, so once
-    a newer fence is claimed an older writer's transaction sees it and is refused.
+    snapshot. A fence is claimed before the transaction, only ever raised, and the
+    claim touches the table row too: a transaction that started before a newer
+    claim is cancelled when it writes, and its retry sees the claim and is refused.
     """
     lit = dialect.literal
     parts = [lit(p) for p in partition_keys]
     steps: list[Step] = []
     fence = None if plan.fence is None else int(plan.fence)
     if fence is not None and parts:
-        rows = " UNION ALL ".join(f"SELECT {p} AS partition_value" for p in parts)
+        # The claim also touches the table row, so it conflicts with any transaction
+        # writing the table: a claim and a save can never both miss each other.
+        table_row = lit(TABLE_GUARD_ROW)
+        rows = " UNION ALL ".join(f"SELECT {p} AS partition_value" for p in [table_row, *parts])
         steps.append(
             Step(
                 "claim",
                 f"MERGE INTO {guard} AS G USING ({rows}) AS S "
                 "ON G.partition_value = S.partition_value "
-                f"WHEN MATCHED AND G.fence < {fence} THEN UPDATE SET fence = {fence}, "
-                f"updated_at = {dialect.now} "
+                f"WHEN MATCHED AND (G.partition_value = {table_row} OR G.fence < {fence}) "
+                f"THEN UPDATE SET fence = CASE WHEN G.partition_value = {table_row} "
+                f"THEN G.fence ELSE {fence} END, updated_at = {dialect.now} "
                 "WHEN NOT MATCHED THEN INSERT (partition_value, fence, writes, updated_at) "
                 f"VALUES (S.partition_value, {fence}, 0, {dialect.now})",
             )
