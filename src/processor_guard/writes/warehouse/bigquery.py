@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from ..._values import normalise_type, to_json_value
+from ..._values import DEFAULT_DECIMAL, normalise_type, to_json_value
 from ...errors import ConfigError
 from .base import Warehouse, fence_partition_key, notify_statement_observers, plan_outcome
 from .plan import Column, MergeOutcome, MergePlan
@@ -187,6 +187,13 @@ def _json_extract(index: int, column: Column, source: str = "pg_x") -> str:
         return f"FROM_BASE64({raw})"
     if kind == "JSON":
         return f"PARSE_JSON({raw})"
+    if kind in DEFAULT_DECIMAL:
+        # Spelled with the column's precision and scale: a bare NUMERIC cast keeps only
+        # 3 fractional digits on the emulator.
+        precision, scale = DEFAULT_DECIMAL[kind]
+        if column.precision is not None:
+            precision, scale = column.precision, column.scale or 0
+        return f"CAST({raw} AS {kind}({precision}, {scale}))"
     return f"CAST({raw} AS {kind})"
 
 
