@@ -54,7 +54,9 @@ def payload_error(status: int, reason: str, message: str) -> gexc.GoogleAPICallE
         (409, "duplicate", "Already Exists: Table proj:ds.pgs__pg_guard", "fatal"),
     ],
 )  # fmt: skip
-def test_classified_by_reason_and_message(status: int, reason: str, message: str, kind: str) -> None:
+def test_classified_by_reason_and_message(
+    status: int, reason: str, message: str, kind: str
+) -> None:
     error = payload_error(status, reason, message)
     assert classify_bigquery_error(error) == kind
 
@@ -108,7 +110,7 @@ class _SlowClient:
 def test_a_job_outliving_its_time_is_cancelled_and_said_so() -> None:
     client = _SlowClient()
     wh = BigQueryWarehouse(client, timeout=5.0)
-    with pytest.raises(TimeoutError, match="job_slow did not finish within 2.0s; cancelled it"):
+    with pytest.raises(TimeoutError, match=r"job_slow did not finish within 2\.0s; cancelled it"):
         wh._run("SELECT 1", timeout=2.0)
     assert client.cancelled == ["job_slow"]
     assert client.query_kwargs["retry"] is None and client.query_kwargs["job_retry"] is None

@@ -73,13 +73,13 @@ def test_fenced_script_shape() -> None:
     wh = BigQueryWarehouse(_NoClient())
     plan = _plan(7)
     script = wh.script(plan, "SELECT 1")
-    claim, begin = script.index("MERGE INTO `p`.`ds`.`player_game_summary__pg_guard`"), script.index(
-        "BEGIN TRANSACTION;"
-    )
+    claim = script.index("MERGE INTO `p`.`ds`.`player_game_summary__pg_guard`")
+    begin = script.index("BEGIN TRANSACTION;")
     assert claim < begin < script.index("COMMIT TRANSACTION;")  # the claim is outside
     assert "ERROR(" in script and "fence > 7" in script
     guard_update = "UPDATE `p`.`ds`.`player_game_summary__pg_guard` SET writes = writes + 1"
-    assert begin < script.index(guard_update) < script.index("MERGE INTO `p`.`ds`.`player_game_summary` AS T")
+    target_merge = script.index("MERGE INTO `p`.`ds`.`player_game_summary` AS T")
+    assert begin < script.index(guard_update) < target_merge
     assert not re.search(r"\b(ASSERT|RAISE|DELETE|TRUNCATE)\b", script, re.IGNORECASE)
     assert "T.game_date IN (DATE '2026-02-03')" in script
     assert "UPDATE SET points = S.points, processed_at = S.processed_at" in script
