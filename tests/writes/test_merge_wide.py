@@ -69,11 +69,25 @@ def test_numeric_at_the_columns_scale_and_an_error_naming_row_and_column(
     safe_merge(client, table, rows, keys=KEYS)
     stored = _stored(client, table, "usage_rate")
     assert [r["usage_rate"] for r in stored] == [Decimal("0.300"), Decimal("0.124")]
-    too_big = wide_rows(DAY, 3)
-    too_big[2]["minutes_played"] = Decimal("12345.5")  # NUMERIC(5, 1): 4 digits before the point
-    with pytest.raises(InvalidRows) as info:
-        safe_merge(client, table, too_big, keys=KEYS)
+
+
+def test_a_numeric_that_does_not_fit_names_row_and_column() -> None:
+    """On DuckDB: the emulator's table metadata carries no NUMERIC precision."""
+    import duckdb
+
+    conn = duckdb.connect()
+    conn.execute(
+        "CREATE TABLE t (game_date DATE NOT NULL, player_lookup VARCHAR NOT NULL, "
+        "minutes_played DECIMAL(5, 1))"
+    )
+    rows = [
+        {"game_date": DAY, "player_lookup": f"p{n}", "minutes_played": "31.5"} for n in range(3)
+    ]
+    rows[2]["minutes_played"] = Decimal("12345.5")  # 4 digits fit before the point
+    with pytest.raises(InvalidRows, match=r"does not fit NUMERIC\(5, 1\)") as info:
+        safe_merge(conn, "t", rows, keys=KEYS, order_by=None)
     assert (info.value.row_index, info.value.column) == (2, "minutes_played")
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
 
 
 def test_json_is_stored_the_same_inline_and_staged(wide: tuple[Any, str]) -> None:
