@@ -9,7 +9,7 @@ import base64
 import datetime as dt
 import json
 import math
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
 from typing import Any
 
 from .dates import UTC, parse_game_date, parse_instant
@@ -117,6 +117,28 @@ def _parse_float(value: object) -> float:
     raise TypeError(f"expected a number, got {type(value).__name__}")
 
 
+#: BigQuery's NUMERIC and BIGNUMERIC when the column declares no precision/scale.
+DEFAULT_DECIMAL = {"NUMERIC": (38, 9), "BIGNUMERIC": (76, 38)}
+
+
+def _at_scale(value: Decimal, kind: str, precision: int | None, scale: int | None) -> Decimal:
+    """``value`` rounded (half away from zero, as BigQuery does) to the column's scale.
+
+    ValueError when its integer part needs more digits than the column has.
+    """
+    default_precision, default_scale = DEFAULT_DECIMAL[kind]
+    scale = default_scale if scale is None else scale
+    precision = default_precision if precision is None else precision
+    rounded = value.quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_UP)
+    integer_digits = len(str(abs(int(rounded)))) if int(rounded) else 0
+    if integer_digits > precision - scale:
+        raise ValueError(
+            f"{value} does not fit {kind}({precision}, {scale}): at most "
+            f"{precision - scale} digits before the point"
+        )
+    return rounded
+
+
 def _parse_numeric(value: object) -> Decimal:
     if isinstance(value, bool):
         raise TypeError("expected a number, got a bool")
@@ -167,7 +189,12 @@ def _parse_string(value: object) -> str:
 
 
 def _parse_json(value: object) -> str:
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    """JSON text. A str is taken as JSON text already (and must parse); anything else
+    is serialised, so every path stores the same JSON value."""
+    if isinstance(value, str):
+        json.loads(value)  # ValueError names the bad text: it would not load either
+        return value
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 _PARSERS: dict[str, Any] = {
@@ -186,16 +213,25 @@ _PARSERS: dict[str, Any] = {
 }
 
 
-def coerce(value: object, type_name: str) -> Any:
+def coerce(
+    value: object, type_name: str, *, precision: int | None = None, scale: int | None = None
+) -> Any:
     """``value`` converted to the canonical Python value of a column type; None stays None.
 
-    Raises TypeError or ValueError when it cannot convert.
+    NUMERIC/BIGNUMERIC values are rounded to the column's scale (``precision`` and
+    ``scale`` default to BigQuery's). Raises TypeError or ValueError when it cannot
+    convert or the value does not fit.
     """
     if value is None:
         return None
-    parser = _PARSERS.get(normalise_type(type_name))
+    kind = normalise_type(type_name)
+    parser = _PARSERS.get(kind)
     if parser is None:
         raise TypeError(f"column type {type_name} is not supported")
+    if kind in DEFAULT_DECIMAL:
+        with localcontext() as ctx:
+            ctx.prec = 80  # BIGNUMERIC's 76 digits must not be rounded by the context
+            return _at_scale(parser(value), kind, precision, scale)
     return parser(value)
 
 

@@ -76,7 +76,9 @@ class Env:
     def fence(self) -> int:
         con = duckdb.connect(self.warehouse)
         try:
-            (value,) = con.execute("SELECT MAX(fence) FROM main._processor_guard_fences").fetchone()
+            (value,) = con.execute(
+                "SELECT MAX(fence) FROM main.player_game_summary__pg_guard"
+            ).fetchone()
         finally:
             con.close()
         return int(value)

@@ -13,7 +13,7 @@ import pytest
 from fixtures.pgs_rows import DUCKDB_PGS, date_rows, game_rows
 from processor_guard import InvalidRows, StaleFence, date_lock, safe_merge
 from processor_guard.stores.memory import MemoryStore
-from processor_guard.writes.warehouse import FENCE_TABLE, as_warehouse
+from processor_guard.writes.warehouse import GUARD_SUFFIX, as_warehouse
 
 DAY = dt.date(2026, 2, 3)
 KEYS = ("game_date", "player_lookup")
@@ -191,11 +191,12 @@ def test_newer_fence_accepted_and_recorded(target: Target) -> None:
     assert target.wh.read_fence(target.table, DAY) == 6
     # the same holder may write again with its own fence
     assert safe_merge(target.client, target.table, game_rows(DAY, 2), keys=KEYS, fence=6)
+    guard = target.wh.guard_table(target.table)
+    assert guard == target.wh.canonical(target.table) + GUARD_SUFFIX
     fences = target.wh.query(
-        f"SELECT * FROM {target.wh.quote_table(target.wh.fence_table(target.table))}"
-    )  # type: ignore[attr-defined]
-    assert len(fences) == 1
-    assert FENCE_TABLE in target.wh.fence_table(target.table)
+        f"SELECT * FROM {target.wh.quote_table(guard)} WHERE partition_value <> '*'"
+    )
+    assert [r["fence"] for r in fences] == [6]
 
 
 def test_fence_comes_from_the_current_lease(target: Target) -> None:
@@ -327,7 +328,7 @@ def test_large_batch_goes_through_an_expiring_staging_table(
     assert before + dt.timedelta(minutes=29) < expires < before + dt.timedelta(minutes=31)
     dataset = table.rsplit(".", 1)[0]
     left = {t.table_id for t in client.list_tables(dataset)}
-    assert left == {"player_game_summary"} | ({FENCE_TABLE} if fence else set())
+    assert left == {"player_game_summary", "player_game_summary" + GUARD_SUFFIX}
 
 
 def test_only_newer_false_overwrites_newer_rows(target: Target) -> None:

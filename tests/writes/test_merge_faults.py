@@ -60,7 +60,7 @@ def _faulty(client: Any, error: BaseException | None, fail: int) -> Any:
     from processor_guard.writes.warehouse import BigQueryWarehouse
 
     faulty = FaultyClient(client, error, fail)
-    return BigQueryWarehouse(faulty, count_mode="precount"), faulty
+    return BigQueryWarehouse(faulty), faulty
 
 
 @pytest.mark.parametrize("fence", [None, 3])
@@ -194,41 +194,36 @@ def test_lost_lease_stops_the_write(table_and_client: tuple[str, Any]) -> None:
     assert as_warehouse(client).count_rows(table) == 0
 
 
-class DmlStatsClient(FaultyClient):
-    """Adds BigQuery's dmlStats to MERGE jobs (the emulator reports only the total).
+class RecordingClient(FaultyClient):
+    """Records the query jobs the adapter submits, with the arguments it passes."""
 
-    The split is the truth for this test's table state: ``inserted`` new keys of
-    ``batch`` and the rest updated, which the test arranges.
-    """
-
-    def __init__(self, client: Any, inserted: int, updated: int) -> None:
+    def __init__(self, client: Any) -> None:
         super().__init__(client, None, 0)
-        self.stats = (inserted, updated)
-        self.queries: list[str] = []
+        self.queries: list[tuple[str, dict[str, Any]]] = []
 
     def query(self, sql: str, *args: Any, **kwargs: Any) -> Any:
-        self.queries.append(sql)
-        job = super().query(sql, *args, **kwargs)
-        if sql.lstrip().startswith("MERGE"):
-            job.result()
-            ins, upd = self.stats
-            job._properties.setdefault("statistics", {}).setdefault("query", {})["dmlStats"] = {
-                "insertedRowCount": str(ins), "updatedRowCount": str(upd), "deletedRowCount": "0",
-            }  # fmt: skip
-            assert job.dml_stats is not None
-        return job
+        self.queries.append((sql, kwargs))
+        return super().query(sql, *args, **kwargs)
 
 
-def test_unfenced_save_on_real_bigquery_is_one_job(table_and_client: tuple[str, Any]) -> None:
+def test_a_save_is_one_job_and_the_client_does_not_retry(
+    table_and_client: tuple[str, Any],
+) -> None:
     from processor_guard.writes.warehouse import BigQueryWarehouse
 
     table, client = table_and_client
-    safe_merge(client, table, game_rows(DAY, 0), keys=KEYS)
-    batch = [*game_rows(DAY, 0, points_offset=1, processed_at=dt.datetime(2026, 2, 5)),
-             *game_rows(DAY, 1)]  # fmt: skip
-    wrapped = DmlStatsClient(client, inserted=35, updated=35)
-    wh = BigQueryWarehouse(wrapped, count_mode="dml_stats")
-    result = safe_merge(wh, table, batch, keys=KEYS)
-    assert (result.inserted, result.updated, result.jobs, result.path) == (35, 35, 1, "param")
-    assert len(wrapped.queries) == 1 and wrapped.queries[0].lstrip().startswith("MERGE")
+    wrapped = RecordingClient(client)
+    wh = BigQueryWarehouse(wrapped)
+    safe_merge(wh, table, game_rows(DAY, 0), keys=KEYS)  # creates the guard table once
+    assert [q.split()[0] for q, _ in wrapped.queries] == ["CREATE", "DECLARE"]
+    wrapped.queries.clear()
+    result = safe_merge(wh, table, [*game_rows(DAY, 0, points_offset=1,
+                        processed_at=dt.datetime(2026, 2, 5)), *game_rows(DAY, 1)],
+                        keys=KEYS, fence=3)  # fmt: skip
+    assert (result.inserted, result.updated, result.jobs, result.path) == (35, 35, 1, "inline")
+    ((script, kwargs),) = wrapped.queries
+    assert script.startswith("DECLARE") and "BEGIN TRANSACTION;" in script
+    # tenacity in safe_merge is the only retry layer; the call is bounded by the deadline.
+    assert kwargs["retry"] is None and kwargs["job_retry"] is None
+    assert 0 < kwargs["timeout"] <= 120
     assert as_warehouse(client).count_rows(table) == 70

@@ -70,40 +70,35 @@ def _plan(fence: int | None) -> MergePlan:
 
 
 def test_fenced_script_shape() -> None:
-    wh = BigQueryWarehouse(_NoClient(), count_mode="precount")
+    wh = BigQueryWarehouse(_NoClient())
     plan = _plan(7)
-    script = wh.merge_script(plan, "SELECT 1")
-    assert "BEGIN TRANSACTION;" in script and "COMMIT TRANSACTION;" in script
-    assert "SELECT IF(EXISTS(" in script and "ERROR(" in script and "fence > 7" in script
-    assert not re.search(r"\b(ASSERT|RAISE|DELETE)\b", script, re.IGNORECASE)
-    merge = wh.merge_sql(plan, "SELECT 1")
-    assert "T.game_date IN (DATE '2026-02-03')" in merge
-    assert "UPDATE SET points = S.points, processed_at = S.processed_at" in merge
-    assert "game_date = S.game_date," not in merge.split("UPDATE SET")[1]
-    assert "S.processed_at >= T.processed_at" in merge
+    script = wh.script(plan, "SELECT 1")
+    claim = script.index("MERGE INTO `p`.`ds`.`player_game_summary__pg_guard`")
+    begin = script.index("BEGIN TRANSACTION;")
+    assert claim < begin < script.index("COMMIT TRANSACTION;")  # the claim is outside
+    assert "ERROR(" in script and "fence > 7" in script
+    guard_update = "UPDATE `p`.`ds`.`player_game_summary__pg_guard` SET writes = writes + 1"
+    target_merge = script.index("MERGE INTO `p`.`ds`.`player_game_summary` AS T")
+    assert begin < script.index(guard_update) < target_merge
+    assert not re.search(r"\b(ASSERT|RAISE|DELETE|TRUNCATE)\b", script, re.IGNORECASE)
+    assert "T.game_date IN (DATE '2026-02-03')" in script
+    assert "UPDATE SET points = S.points, processed_at = S.processed_at" in script
+    assert "S.processed_at >= T.processed_at" in script
 
 
-def test_classify_by_type_reason_and_message_never_by_400() -> None:
-    from google.api_core import exceptions as gexc
+def test_unfenced_script_still_updates_the_guard_row() -> None:
+    script = BigQueryWarehouse(_NoClient()).script(_plan(None), "SELECT 1")
+    assert "UPDATE `p`.`ds`.`player_game_summary__pg_guard` SET writes" in script
+    assert "ERROR(" not in script and "fence" not in script.split("BEGIN TRANSACTION;")[0]
 
-    wh = BigQueryWarehouse(_NoClient(), count_mode="precount")
-    assert wh.classify(gexc.BadRequest("400 something else went wrong")) == "fatal"
-    assert wh.classify(gexc.BadRequest("x", errors=[{"reason": "invalidQuery"}])) == "fatal"
-    assert wh.classify(gexc.BadRequest("y", errors=[{"reason": "aborted"}])) == "conflict"
-    assert (
-        wh.classify(
-            gexc.BadRequest("Could not serialize access to table t due to concurrent update")
-        )
-        == "conflict"
-    )
-    assert wh.classify(gexc.Conflict("Already Exists: Table t")) == "fatal"
-    assert wh.classify(gexc.InternalServerError("boom")) == "transient"
-    assert (
-        wh.classify(gexc.Forbidden("quota", errors=[{"reason": "rateLimitExceeded"}]))
-        == "transient"
-    )
-    assert wh.classify(gexc.Forbidden("Access Denied")) == "fatal"
-    assert wh.classify(ValueError("400")) == "fatal"
+
+def test_update_only_script_has_no_insert() -> None:
+    plan = _plan(None)
+    plan.update_only = True
+    script = BigQueryWarehouse(_NoClient()).script(plan, "SELECT 1")
+    merge = script[script.index("MERGE INTO `p`.`ds`.`player_game_summary` AS T") :]
+    assert "WHEN NOT MATCHED" not in merge.split(";")[0]
+    assert "SET pg_missing = ARRAY(SELECT AS STRUCT S.game_date" in script
 
 
 def test_no_statement_sent_contains_delete(sent_sql: list[str]) -> None:
@@ -115,5 +110,5 @@ def test_no_statement_sent_contains_delete(sent_sql: list[str]) -> None:
     rows = [dict(r, player_full_name="Delete Me") for r in game_rows(DAY, 0)]
     safe_merge(conn, "player_game_summary", rows, keys=("game_date", "player_lookup"), fence=1)
     assert sent_sql
-    offenders = [s for s in sent_sql if "DELETE" in s.upper()]
+    offenders = [s for s in sent_sql if re.search(r"DELETE|TRUNCATE", s, re.IGNORECASE)]
     assert offenders == []

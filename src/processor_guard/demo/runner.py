@@ -700,9 +700,9 @@ def _library_warehouse(target: WarehouseTarget, events: Events) -> Any:
     wh = as_warehouse(target.bigquery() if target.kind == "bigquery" else target.path)
     merge = wh.merge
 
-    def recording_merge(plan: Any) -> Any:
+    def recording_merge(plan: Any, **options: Any) -> Any:
         try:
-            outcome = merge(plan)
+            outcome = merge(plan, **options)
         except Exception as exc:
             events.emit("merge-attempt-failed", table=plan.table, kind=wh.classify(exc))
             raise

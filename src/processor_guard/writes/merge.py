@@ -18,7 +18,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,8 @@ class MergeResult:
 
     ``skipped``: keys already stored with a newer ``order_by`` value, left as they were.
     ``jobs``: warehouse jobs of the successful attempt (1 for a small batch).
+    ``missing_keys``: with ``update_only``, the batch's keys that had no stored row
+    (nothing was written for them).
     """
 
     table: str
@@ -67,6 +69,7 @@ class MergeResult:
     jobs: int = 0
     bytes_sent: int = 0
     path: str = ""
+    missing_keys: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _warehouse_for(client: Any) -> Warehouse:
@@ -104,8 +107,13 @@ def _validate(
     index_of: Mapping[int, int],
     keys: tuple[str, ...],
     partition_field: str | None,
+    update_only: bool = False,
 ) -> tuple[tuple[Column, ...], list[dict[str, Any]]]:
-    """Rows converted to their column types; InvalidRows before anything is sent."""
+    """Rows converted to their column types; InvalidRows before anything is sent.
+
+    ``update_only``: REQUIRED columns the batch does not carry are not needed (the
+    stored rows keep theirs); those it carries must still hold a value.
+    """
     schema = wh.schema(table)
     by_name = {c.name: c for c in schema}
     carried: set[str] = set()
@@ -118,7 +126,7 @@ def _validate(
         if name not in by_name:
             raise ConfigError(f"table {table!r} has no column {name!r}")
     columns = tuple(c for c in schema if c.name in carried)
-    required = [c.name for c in schema if c.required]
+    required = [c.name for c in schema if c.required and (c.name in carried or not update_only)]
     out: list[dict[str, Any]] = []
     for row in rows:
         i = index_of.get(id(row), -1)
@@ -143,7 +151,9 @@ def _validate(
                     column=col.name,
                 )
             try:
-                converted[col.name] = coerce(row[col.name], col.type)
+                converted[col.name] = coerce(
+                    row[col.name], col.type, precision=col.precision, scale=col.scale
+                )
             except (TypeError, ValueError, ArithmeticError) as exc:
                 raise InvalidRows(
                     f"row {i}, column {col.name!r}: {row[col.name]!r} is not a valid "
@@ -237,6 +247,7 @@ def safe_merge(
     only_newer: bool = True,
     staging_threshold_bytes: int = 4_000_000,
     staging_ttl: dt.timedelta = dt.timedelta(hours=1),
+    update_only: bool = False,
     max_attempts: int = 6,
     deadline: float = 120.0,
     backoff_initial: float = 0.5,
@@ -250,9 +261,15 @@ def safe_merge(
     ``fence=None`` takes the fence of ``current_lease()`` if any; with a fence the
     MERGE runs in a transaction that rejects a stale fence (``StaleFence``).
     ``only_newer``: keys already stored with a newer ``order_by`` value are not
-    overwritten. Retries only conflicts and transient errors (full-jitter exponential
-    backoff, at most ``max_attempts`` and ``deadline`` seconds); then ``MergeFailed``
-    with the batch written as NDJSON to ``replay_path``.
+    overwritten. ``update_only``: update stored keys only, in the columns the batch
+    carries (REQUIRED columns it lacks are not needed); keys with no stored row are
+    reported in ``missing_keys``, never inserted.
+
+    Retries only conflicts and transient errors (full-jitter exponential backoff, at
+    most ``max_attempts`` and ``deadline`` seconds). This is the only retry layer:
+    each attempt, the wait for its job included, is bounded by the deadline's and the
+    lease's remaining time (the job is cancelled when that runs out). Then
+    ``MergeFailed`` with the batch written as NDJSON to ``replay_path``.
     """
     if not isinstance(table, str) or not table:
         raise ConfigError(f"table must be a non-empty string: {table!r}")
@@ -272,7 +289,9 @@ def safe_merge(
         if fence is None and lease is not None:
             fence = lease.fence
         return MergeResult(table, 0, 0, 0, report, fence=fence)
-    columns, converted = _validate(wh, table, deduped, index_of, key_cols, partition_field)
+    columns, converted = _validate(
+        wh, table, deduped, index_of, key_cols, partition_field, update_only
+    )
     partitions: tuple[Any, ...] = ()
     if partition_field:
         partitions = tuple(sorted({r[partition_field] for r in converted}))
@@ -307,17 +326,23 @@ def safe_merge(
         order_by=order_by if only_newer else None,
         staging_threshold_bytes=staging_threshold_bytes,
         staging_ttl=staging_ttl,
+        update_only=update_only,
     )
 
     attempts = 0
+    started = time.monotonic()
 
     def attempt() -> MergeOutcome:
         nonlocal attempts
         attempts += 1
         if lease is not None:
             lease.check()  # raises LeaseLost: never write after losing the lease
+        budget = deadline - (time.monotonic() - started)
+        if lease is not None:
+            # A write may not outlive the lease: stop where check() would refuse it.
+            budget = min(budget, lease.remaining - lease.safety_margin)
         try:
-            return wh.merge(plan)
+            return wh.merge(plan, timeout=max(budget, 0.001))
         except Exception as exc:
             if _ONE_SOURCE_ROW.search(str(exc)):
                 raise InvalidRows(
@@ -381,4 +406,5 @@ def safe_merge(
         jobs=outcome.jobs,
         bytes_sent=outcome.bytes_sent,
         path=outcome.path,
+        missing_keys=outcome.missing_keys,
     )

@@ -7,6 +7,7 @@
 
 Queries take named parameters written ``@name`` on both engines. Nothing here ever
 sends a ``DELETE``: writes are MERGEs, staging tables are dropped, not emptied.
+Every save runs the statements of ``sql.write_steps`` (see there for why).
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ConfigError
-from .base import FENCE_TABLE, Warehouse, add_statement_observer
+from .base import GUARD_SUFFIX, Warehouse, add_statement_observer
 from .bigquery import BigQueryWarehouse
 from .duckdb import DuckDBWarehouse
 from .plan import Column, MergeOutcome, MergePlan
 from .sql import render_string_literal
 
 __all__ = [
-    "FENCE_TABLE",
+    "GUARD_SUFFIX",
     "BigQueryWarehouse",
     "Column",
     "DuckDBWarehouse",

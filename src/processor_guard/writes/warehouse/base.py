@@ -9,20 +9,18 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..._values import coerce
-from ...errors import ConfigError, InvalidRows
+from ...errors import ConfigError, InvalidRows, StaleFence
 from .plan import Column, MergeOutcome, MergePlan
-from .sql import check_identifier
+from .sql import GUARD_SUFFIX, TABLE_GUARD_ROW, check_identifier
 
 __all__ = [
-    "FENCE_TABLE",
+    "GUARD_SUFFIX",
     "Warehouse",
     "add_statement_observer",
     "fence_partition_key",
     "notify_statement_observers",
+    "plan_outcome",
 ]
-
-#: Name of the fence table kept next to each fenced target table (same dataset/schema).
-FENCE_TABLE = "_processor_guard_fences"
 
 _observers: list[Callable[[str, str], None]] = []
 
@@ -40,12 +38,29 @@ def notify_statement_observers(engine: str, sql: str) -> None:
 
 
 def fence_partition_key(value: object) -> str:
-    """How a partition value is stored in the fence table (ISO text for dates)."""
+    """How a partition value is stored in the guard table (ISO text for dates)."""
     if isinstance(value, (dt.date, dt.datetime)):
         return value.isoformat()
     if value is None:
         raise InvalidRows("partition value is None")
-    return str(value)
+    text = str(value)
+    if text == TABLE_GUARD_ROW:
+        raise InvalidRows(f"partition value {text!r} is reserved by the guard table")
+    return text
+
+
+def plan_outcome(
+    plan: MergePlan,
+    matched: int,
+    newer: int,
+    missing: list[dict[str, Any]],
+    **details: Any,
+) -> MergeOutcome:
+    """What a save did, from the keys it found stored (``matched``) and updated (``newer``)."""
+    inserted = 0 if plan.update_only else len(plan.rows) - matched
+    return MergeOutcome(
+        inserted, newer, matched - newer, missing_keys=missing, **details
+    )
 
 
 class Warehouse(abc.ABC):
@@ -66,9 +81,12 @@ class Warehouse(abc.ABC):
     def canonical(self, table: str) -> str:
         """The table's fully qualified name: how the fence table records it."""
 
-    @abc.abstractmethod
-    def fence_table(self, table: str) -> str:
-        """The fence table next to ``table`` (same dataset or schema)."""
+    def guard_table(self, table: str) -> str:
+        """``<table>__pg_guard``: the guard table of ``table``, next to it.
+
+        One per target table, so saves into different tables never conflict.
+        """
+        return self.canonical(table) + GUARD_SUFFIX
 
     # -- reading ----------------------------------------------------------------------
     @abc.abstractmethod
@@ -138,26 +156,40 @@ class Warehouse(abc.ABC):
         return self.query(sql, params)
 
     def read_fence(self, table: str, partition_value: object) -> int | None:
-        """The fence recorded for a table's partition value, or None."""
-        fence_table = self.fence_table(table)
-        if self._fetch_schema(fence_table) is None:
+        """The highest fence claimed for a table's partition value, or None."""
+        guard = self.guard_table(table)
+        if self._fetch_schema(guard) is None:
             return None
         rows = self.query(
-            f"SELECT MAX(fence) AS fence FROM {self.quote_table(fence_table)} "
-            "WHERE table_name = @t AND partition_value = @p",
-            {"t": self.canonical(table), "p": fence_partition_key(partition_value)},
+            f"SELECT MAX(fence) AS fence FROM {self.quote_table(guard)} "
+            "WHERE partition_value = @p",
+            {"p": fence_partition_key(partition_value)},
         )
         value = rows[0]["fence"] if rows else None
         return None if value is None else int(value)
 
     # -- writing ----------------------------------------------------------------------
     @abc.abstractmethod
-    def merge(self, plan: MergePlan) -> MergeOutcome:
-        """One MERGE attempt of a validated plan (no retries here)."""
+    def merge(self, plan: MergePlan, *, timeout: float | None = None) -> MergeOutcome:
+        """One save attempt of a validated plan (no retries here), within ``timeout`` seconds."""
 
     @abc.abstractmethod
     def classify(self, exc: BaseException) -> str:
         """'conflict' (safe to retry), 'transient' (safe to retry) or 'fatal'."""
+
+    def stale_fence(self, plan: MergePlan) -> StaleFence:
+        """The StaleFence for a save refused by a newer fence, naming the newest one claimed."""
+        current = None
+        for value in plan.partition_values:
+            stored = self.read_fence(plan.table, value)
+            if stored is not None and (current is None or stored > current):
+                current = stored
+        return StaleFence(
+            self.canonical(plan.table),
+            int(plan.fence or 0),
+            current,
+            plan.partition_values[0] if len(plan.partition_values) == 1 else plan.partition_values,
+        )
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the adapter opened itself (never a caller's client)."""

@@ -2,34 +2,60 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import datetime as dt
 import io
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from ..._values import normalise_type, to_json_value
-from ...errors import ConfigError, StaleFence
-from .base import FENCE_TABLE, Warehouse, fence_partition_key, notify_statement_observers
+from ..._values import DEFAULT_DECIMAL, normalise_type, to_json_value
+from ...errors import ConfigError
+from .base import Warehouse, fence_partition_key, notify_statement_observers, plan_outcome
 from .plan import Column, MergeOutcome, MergePlan
 from .sql import (
-    count_statement,
+    STALE_MARKER,
+    Dialect,
+    Step,
+    guard_table_ddl,
     json_rows_text,
-    merge_statement,
     render_string_literal,
     typed_literal,
+    write_steps,
 )
 
-__all__ = ["STALE_MARKER", "BigQueryWarehouse", "classify_bigquery_error"]
+__all__ = [
+    "BIGQUERY_DIALECT",
+    "QUERY_TEXT_LIMIT",
+    "REQUEST_LIMIT",
+    "STALE_MARKER",
+    "BigQueryWarehouse",
+    "classify_bigquery_error",
+    "encoded_request_bytes",
+]
 
 log = logging.getLogger(__name__)
 
-#: Marker in the SQL error raised by a fenced BigQuery script when the fence is stale.
-STALE_MARKER = "processor_guard stale fence"
+# BigQuery's limits (quotas page): a request is at most 10 MB, query text 1 MB and a
+# script variable 1 MB. The margins leave room for what the client adds around them.
+REQUEST_LIMIT = 9_500_000
+QUERY_TEXT_LIMIT = 1_000_000
+SCRIPT_VARIABLE_LIMIT = 1_000_000
+
+#: BigQuery's spelling of the guard statements.
+BIGQUERY_DIALECT = Dialect(
+    literal=render_string_literal,
+    partition_value_sql=typed_literal,
+    now="CURRENT_TIMESTAMP()",
+    string_type="STRING",
+    int_type="INT64",
+)
 
 _TABLE_PART = re.compile(r"^[A-Za-z0-9_\-:.]+$")
 _CONFLICT_PATTERNS = re.compile(
@@ -41,6 +67,14 @@ _CONFLICT_PATTERNS = re.compile(
 _CONFLICT_REASONS = frozenset({"aborted"})
 _TRANSIENT_REASONS = frozenset(
     {"backendError", "internalError", "rateLimitExceeded", "jobRateLimitExceeded"}
+)
+# 400 resourcesExceeded: "Resources exceeded during query execution: Too many DML
+# statements outstanding against table T, limit is 20": the table's queue is full.
+_QUEUE_FULL = re.compile(r"too many DML statements outstanding", re.IGNORECASE)
+_TOO_LARGE = re.compile(
+    r"query is too large|request payload size exceeds|request too large|"
+    r"maximum standard SQL query length|variable .*too large|exceeds the limit of 1 ?MB",
+    re.IGNORECASE,
 )
 
 
@@ -66,6 +100,10 @@ def classify_bigquery_error(exc: BaseException) -> str:
         reasons & _CONFLICT_REASONS or _CONFLICT_PATTERNS.search(message)
     ):
         return "conflict"
+    if isinstance(exc, gexc.BadRequest) and _QUEUE_FULL.search(message):
+        return "transient"
+    if isinstance(exc, gexc.RetryError):
+        return "transient"  # a client-side retry ran out of its own deadline
     if isinstance(exc, gexc.TooManyRequests) or reasons & _TRANSIENT_REASONS:
         return "transient"
     if isinstance(
@@ -75,9 +113,37 @@ def classify_bigquery_error(exc: BaseException) -> str:
         return "transient"
     if isinstance(exc, gexc.Forbidden) and reasons & {"rateLimitExceeded"}:
         return "transient"
-    if isinstance(exc, (ConnectionError, TimeoutError)):
+    if isinstance(exc, (ConnectionError, TimeoutError)) or _is_transport_error(exc):
         return "transient"
     return "fatal"
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    """requests' and google-auth's connection and timeout errors (not builtin ones)."""
+    names = {f"{t.__module__}.{t.__name__}" for t in type(exc).__mro__}
+    return bool(
+        names
+        & {
+            "requests.exceptions.ConnectionError",
+            "requests.exceptions.Timeout",
+            "google.auth.exceptions.TransportError",
+            "urllib3.exceptions.HTTPError",
+        }
+    )
+
+
+def is_too_large(exc: BaseException) -> bool:
+    """A 400 saying the request or query text is over BigQuery's size limit."""
+    from google.api_core import exceptions as gexc
+
+    return isinstance(exc, gexc.BadRequest) and bool(_TOO_LARGE.search(str(exc)))
+
+
+def encoded_request_bytes(query: str, job_config: Any = None) -> int:
+    """Bytes of the jobs.insert body the client sends for ``query`` (JSON, ASCII-escaped)."""
+    configuration = job_config.to_api_repr() if job_config is not None else {}
+    configuration.setdefault("query", {})["query"] = query
+    return len(json.dumps({"configuration": configuration}).encode("ascii"))
 
 
 def _parameter_type(value: object) -> str:
@@ -112,23 +178,6 @@ def _query_parameters(params: Mapping[str, Any]) -> list[Any]:
     return out
 
 
-def _rows_parameter_source(plan: MergePlan) -> tuple[str, Any]:
-    """The batch as one STRUCT-array parameter, and the query that reads it as rows."""
-    from google.cloud import bigquery
-
-    structs = [
-        bigquery.StructQueryParameter(
-            None,
-            *(bigquery.ScalarQueryParameter(c.name, c.type, row.get(c.name)) for c in plan.columns),
-        )
-        for row in plan.rows
-    ]
-    param = bigquery.ArrayQueryParameter("pg_rows", "STRUCT", structs)
-    # The emulator flattens SELECT * over a struct array to one column: name each.
-    select = ", ".join(f"r.{c} AS {c}" for c in plan.column_names)
-    return f"SELECT {select} FROM UNNEST(@pg_rows) AS r", param
-
-
 def _json_extract(index: int, column: Column, source: str = "pg_x") -> str:
     raw = f"JSON_VALUE({source}, '$[{index}]')"
     kind = column.type
@@ -138,6 +187,13 @@ def _json_extract(index: int, column: Column, source: str = "pg_x") -> str:
         return f"FROM_BASE64({raw})"
     if kind == "JSON":
         return f"PARSE_JSON({raw})"
+    if kind in DEFAULT_DECIMAL:
+        # Spelled with the column's precision and scale: a bare NUMERIC cast keeps only
+        # 3 fractional digits on the emulator.
+        precision, scale = DEFAULT_DECIMAL[kind]
+        if column.precision is not None:
+            precision, scale = column.precision, column.scale or 0
+        return f"CAST({raw} AS {kind}({precision}, {scale}))"
     return f"CAST({raw} AS {kind})"
 
 
@@ -145,7 +201,7 @@ def _ndjson(plan: MergePlan) -> bytes:
     """The batch as a newline-delimited JSON load file."""
     return "".join(
         json.dumps(
-            {c.name: to_json_value(row.get(c.name), c.type) for c in plan.columns},
+            {c.name: _load_value(row.get(c.name), c) for c in plan.columns},
             ensure_ascii=False,
             separators=(",", ":"),
         )
@@ -154,7 +210,17 @@ def _ndjson(plan: MergePlan) -> bytes:
     ).encode("utf-8")
 
 
-def _load_ndjson(client: Any, table: str, fields: list[Any], ndjson: bytes) -> None:
+def _load_value(value: object, column: Column) -> Any:
+    """A value as a load file carries it: JSON columns as the JSON value itself, since
+    a JSON string there would be stored as a string, unlike on the inline path."""
+    if column.type == "JSON" and isinstance(value, str):
+        return json.loads(value)
+    return to_json_value(value, column.type)
+
+
+def _load_ndjson(
+    client: Any, table: str, fields: list[Any], ndjson: bytes, timeout: float
+) -> None:
     from google.cloud import bigquery
 
     load = client.load_table_from_file(
@@ -165,31 +231,29 @@ def _load_ndjson(client: Any, table: str, fields: list[Any], ndjson: bytes) -> N
             schema=fields,
             write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
         ),
+        timeout=timeout,
     )
-    load.result()
+    load.result(retry=None, timeout=timeout)
 
 
 class BigQueryWarehouse(Warehouse):
     """BigQuery through a ``google.cloud.bigquery.Client`` (real or the emulator).
 
-    ``count_mode``: "dml_stats" reads inserted/updated from the MERGE job's dmlStats
-    (real BigQuery); "precount" counts matching keys before an unscripted MERGE (the
-    emulator reports no dmlStats); "auto" (default) picks "precount" when the client
-    does not point at ``*.googleapis.com``. Scripted MERGEs count inside the script.
+    ``timeout``: seconds any one call may take when the caller gives no tighter
+    bound (reads by ``health``/``reconcile``, schema look-ups). The client's own API
+    retries and job re-submission are switched off: ``safe_merge``'s tenacity loop is
+    the only retry layer, and each call is bounded by the time it has left.
     """
 
     engine = "bigquery"
 
-    def __init__(self, client: Any, *, count_mode: str = "auto") -> None:
+    def __init__(self, client: Any, *, timeout: float = 60.0) -> None:
         super().__init__()
+        if timeout <= 0:
+            raise ConfigError(f"timeout must be > 0 seconds: {timeout!r}")
         self.client = client
-        if count_mode not in ("auto", "dml_stats", "precount"):
-            raise ConfigError(f"count_mode must be auto, dml_stats or precount: {count_mode!r}")
-        if count_mode == "auto":
-            base = str(getattr(getattr(client, "_connection", None), "API_BASE_URL", ""))
-            count_mode = "dml_stats" if "googleapis.com" in base or not base else "precount"
-        self.count_mode = count_mode
-        self._fence_tables: set[str] = set()
+        self.timeout = timeout
+        self._guards: set[str] = set()
 
     # -- names ------------------------------------------------------------------------
     def _parts(self, table: str) -> tuple[str, str, str]:
@@ -210,16 +274,35 @@ class BigQueryWarehouse(Warehouse):
         project, dataset, name = self._parts(table)
         return f"`{project}`.`{dataset}`.`{name}`"
 
-    def fence_table(self, table: str) -> str:
-        project, dataset, _ = self._parts(table)
-        return f"{project}.{dataset}.{FENCE_TABLE}"
-
     # -- reading ----------------------------------------------------------------------
-    def _run(self, sql: str, job_config: Any = None) -> tuple[list[dict[str, Any]], Any]:
+    def _run(
+        self, sql: str, job_config: Any = None, *, timeout: float | None = None
+    ) -> tuple[list[dict[str, Any]], Any]:
+        """One query job, waited for at most ``timeout`` seconds (then cancelled)."""
+        budget = self.timeout if timeout is None else max(timeout, 0.001)
         notify_statement_observers(self.engine, sql)
-        job = self.client.query(sql, job_config=job_config)
-        rows = [dict(r.items()) for r in job.result()]
-        return rows, job
+        started = time.monotonic()
+        job = self.client.query(
+            sql, job_config=job_config, retry=None, job_retry=None, timeout=budget
+        )
+        left = max(budget - (time.monotonic() - started), 0.001)
+        try:
+            result = job.result(retry=None, timeout=left, job_retry=None)
+        except concurrent.futures.TimeoutError as exc:
+            self._cancel(job)
+            raise TimeoutError(
+                f"BigQuery job {getattr(job, 'job_id', '?')} did not finish within "
+                f"{budget:.1f}s; cancelled it"
+            ) from exc
+        return [dict(r.items()) for r in result], job
+
+    def _cancel(self, job: Any) -> None:
+        try:
+            self.client.cancel_job(
+                job.job_id, location=getattr(job, "location", None), retry=None, timeout=10.0
+            )
+        except Exception as exc:  # the job may have finished meanwhile
+            log.warning("could not cancel BigQuery job %s: %r", getattr(job, "job_id", "?"), exc)
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         from google.cloud import bigquery
@@ -231,194 +314,186 @@ class BigQueryWarehouse(Warehouse):
         from google.api_core.exceptions import NotFound
 
         try:
-            bq_table = self.client.get_table(self.canonical(table))
+            bq_table = self.client.get_table(
+                self.canonical(table), retry=None, timeout=self.timeout
+            )
         except NotFound:
             return None
-        return tuple(
-            Column(f.name, normalise_type(f.field_type), f.mode == "REQUIRED", f.field_type)
-            if f.mode != "REPEATED" and f.field_type not in ("RECORD", "STRUCT")
-            else Column(f.name, f"{f.mode} {f.field_type}", f.mode == "REQUIRED", f.field_type)
-            for f in bq_table.schema
-        )
+        return tuple(_column(f) for f in bq_table.schema)
 
     def classify(self, exc: BaseException) -> str:
         return classify_bigquery_error(exc)
 
-    # -- SQL --------------------------------------------------------------------------
-    def merge_sql(self, plan: MergePlan, source_query: str) -> str:
-        """The MERGE of ``plan`` from the rows ``source_query`` selects."""
-        return merge_statement(
+    # -- writing ----------------------------------------------------------------------
+    def ensure_guard(self, table: str, timeout: float | None = None) -> str:
+        """The quoted guard table of ``table``, created with its row where it is missing.
+
+        Its existence is looked up (an API call, not a job) once per adapter, so the
+        DDL runs once per table, not once per process or save.
+        """
+        from google.api_core.exceptions import Conflict
+
+        guard = self.guard_table(table)
+        if guard not in self._guards:
+            if self._fetch_schema(guard) is None:
+                # Conflict: another writer created it at the same moment.
+                with contextlib.suppress(Conflict):
+                    self._run(
+                        guard_table_ddl(self.quote_table(guard), BIGQUERY_DIALECT),
+                        timeout=timeout,
+                    )
+            self._guards.add(guard)
+        return self.quote_table(guard)
+
+    def script(self, plan: MergePlan, source_query: str, declare: str = "") -> str:
+        """The whole save as one script (one job): see ``write_steps`` for why it is safe."""
+        steps = write_steps(
             plan,
+            [fence_partition_key(v) for v in plan.partition_values],
             target=self.quote_table(plan.table),
+            guard=self.quote_table(self.guard_table(plan.table)),
             source=f"({source_query})",
-            partition_value_sql=typed_literal,
+            dialect=BIGQUERY_DIALECT,
         )
-
-    def _count_sql(self, plan: MergePlan, source_query: str, select: str = "SELECT") -> str:
-        return count_statement(
-            plan,
-            target=self.quote_table(plan.table),
-            source=f"({source_query})",
-            partition_value_sql=typed_literal,
-            select=select,
-        )
-
-    def _fence_statements(self, plan: MergePlan) -> list[str]:
-        """Fail the script when a partition holds a newer fence; else record this one."""
-        if plan.fence is None:
-            return []
-        fence_q = self.quote_table(self.fence_table(plan.table))
-        tname = render_string_literal(self.canonical(plan.table))
-        parts = (
-            ", ".join(render_string_literal(fence_partition_key(v)) for v in plan.partition_values)
-            or "''"
-        )
-        fence = int(plan.fence)
-        message = render_string_literal(f"{STALE_MARKER} {fence} for {self.canonical(plan.table)}")
-        return [
-            f"SELECT IF(EXISTS(SELECT 1 FROM {fence_q} WHERE table_name = {tname} "
-            f"AND partition_value IN ({parts}) AND fence > {fence}), ERROR({message}), 0);",
-            f"MERGE {fence_q} AS F USING (SELECT {tname} AS table_name, p AS partition_value "
-            f"FROM UNNEST([{parts}]) AS p) AS S "
-            "ON F.table_name = S.table_name AND F.partition_value = S.partition_value "
-            f"WHEN MATCHED THEN UPDATE SET fence = {fence}, updated_at = CURRENT_TIMESTAMP() "
-            "WHEN NOT MATCHED THEN INSERT (table_name, partition_value, fence, updated_at) "
-            f"VALUES (S.table_name, S.partition_value, {fence}, CURRENT_TIMESTAMP());",
-        ]
-
-    def merge_script(self, plan: MergePlan, source_query: str, declare: str = "") -> str:
-        """One transaction: the fence check (if fenced), the counts, the MERGE; then the counts."""
-        counts = self._count_sql(plan, source_query, select="SELECT AS STRUCT")
-        lines = [
-            "DECLARE pg_counts STRUCT<matched INT64, newer INT64>;",
-            *([declare] if declare else []),
-            "BEGIN TRANSACTION;",
-            *self._fence_statements(plan),
-            f"SET pg_counts = ({counts});",
-            self.merge_sql(plan, source_query) + ";",
-            "COMMIT TRANSACTION;",
-            "SELECT pg_counts.matched AS matched, pg_counts.newer AS newer;",
-        ]
+        key_types = {c.name: c.native_type or c.type for c in plan.columns if c.name in plan.keys}
+        lines = ["DECLARE pg_counts STRUCT<matched INT64, newer INT64>;"]
+        if plan.update_only:
+            fields = ", ".join(f"{k} {key_types[k]}" for k in plan.keys)
+            lines.append(f"DECLARE pg_missing ARRAY<STRUCT<{fields}>> DEFAULT [];")
+        if declare:
+            lines.append(declare)
+        lines += [_script_statement(step) + ";" for step in steps]
+        final = "SELECT pg_counts.matched AS matched, pg_counts.newer AS newer"
+        if plan.update_only:
+            keys = ", ".join(f"m.{k} AS {k}" for k in plan.keys)
+            final = (
+                f"SELECT {keys}, pg_counts.matched AS matched, pg_counts.newer AS newer "
+                "FROM (SELECT 1) LEFT JOIN UNNEST(pg_missing) AS m ON TRUE"
+            )
+        lines.append(final + ";")
         return "\n".join(lines)
 
-    # -- writing ----------------------------------------------------------------------
-    def _ensure_fence_table(self, table: str) -> None:
-        name = self.fence_table(table)
-        if name in self._fence_tables:
-            return
-        self._run(
-            f"CREATE TABLE IF NOT EXISTS {self.quote_table(name)} ("
-            "table_name STRING NOT NULL, partition_value STRING NOT NULL, "
-            "fence INT64 NOT NULL, updated_at TIMESTAMP)"
-        )
-        self._fence_tables.add(name)
-
-    def merge(self, plan: MergePlan) -> MergeOutcome:
+    def inline_script(self, plan: MergePlan) -> tuple[str, int]:
+        """The script carrying the batch as a JSON string variable, and that JSON's size."""
         text = json_rows_text(plan.rows, plan.columns)
-        size = len(text.encode("utf-8"))
-        # BigQuery caps query text at 1 MB: a larger inline script goes through staging.
-        inline_limit = min(plan.staging_threshold_bytes, 900_000)
-        if size > plan.staging_threshold_bytes or (plan.fence is not None and size > inline_limit):
-            return self._merge_staged(plan)
-        if plan.fence is None:
-            return self._merge_param(plan, size)
-        return self._merge_inline(plan, text, size)
-
-    def _merge_param(self, plan: MergePlan, size: int) -> MergeOutcome:
-        from google.cloud import bigquery
-
-        source, param = _rows_parameter_source(plan)
-        config = bigquery.QueryJobConfig(query_parameters=[param])
-        outcome = MergeOutcome(0, 0, jobs=0, bytes_sent=size, path="param")
-        pre: dict[str, Any] | None = None
-        if self.count_mode == "precount":
-            sql = self._count_sql(plan, source)
-            outcome.statements.append(sql)
-            pre = self._run(sql, config)[0][0]
-            outcome.jobs += 1
-        sql = self.merge_sql(plan, source)
-        outcome.statements.append(sql)
-        _, job = self._run(sql, config)
-        outcome.jobs += 1
-        stats = getattr(job, "dml_stats", None)
-        if stats is not None and pre is None:
-            outcome.inserted = int(stats.inserted_row_count or 0)
-            outcome.updated = int(stats.updated_row_count or 0)
-        elif pre is not None:
-            outcome.inserted = len(plan.rows) - int(pre["matched"])
-            outcome.updated = int(pre["newer"])
-        else:
-            # The MERGE is committed: never fail now. Count it as inserts, and count
-            # matches beforehand from the next save on.
-            log.warning("MERGE job reported no dmlStats; counting matches before next saves")
-            self.count_mode = "precount"
-            outcome.inserted = int(getattr(job, "num_dml_affected_rows", 0) or 0)
-        outcome.skipped = len(plan.rows) - outcome.inserted - outcome.updated
-        return outcome
-
-    def _merge_inline(self, plan: MergePlan, text: str, size: int) -> MergeOutcome:
-        self._ensure_fence_table(plan.table)
         source = (
             "SELECT "
             + ", ".join(f"{_json_extract(i, c)} AS {c.name}" for i, c in enumerate(plan.columns))
             + " FROM UNNEST(JSON_QUERY_ARRAY(pg_rows)) AS pg_x"
         )
         declare = f"DECLARE pg_rows STRING DEFAULT {render_string_literal(text)};"
-        return self._run_script(plan, self.merge_script(plan, source, declare), size, "inline", 0)
+        return self.script(plan, source, declare), len(text.encode("utf-8"))
+
+    def merge(self, plan: MergePlan, *, timeout: float | None = None) -> MergeOutcome:
+        started = time.monotonic()
+
+        def left() -> float | None:
+            return None if timeout is None else timeout - (time.monotonic() - started)
+
+        self.ensure_guard(plan.table, left())
+        script, variable = self.inline_script(plan)
+        request = encoded_request_bytes(script)
+        fits = (
+            variable <= min(SCRIPT_VARIABLE_LIMIT, plan.staging_threshold_bytes)
+            and len(script.encode("utf-8")) <= QUERY_TEXT_LIMIT
+            and request <= REQUEST_LIMIT
+        )
+        if not fits:
+            return self._merge_staged(plan, left)
+        try:
+            return self._run_script(plan, script, request, "inline", 0, left())
+        except Exception as exc:
+            if not is_too_large(exc):
+                raise
+            log.warning("BigQuery refused the request as too large (%s); staging instead", exc)
+            return self._merge_staged(plan, left)
 
     def _run_script(
-        self, plan: MergePlan, script: str, size: int, path: str, jobs: int
+        self,
+        plan: MergePlan,
+        script: str,
+        size: int,
+        path: str,
+        jobs: int,
+        timeout: float | None,
     ) -> MergeOutcome:
         try:
-            rows, _ = self._run(script)
+            rows, _ = self._run(script, timeout=timeout)
         except Exception as exc:
             if STALE_MARKER in str(exc):
-                raise self._stale_fence(plan) from exc
+                raise self.stale_fence(plan) from exc
             raise
-        matched = int(rows[0]["matched"] or 0)
-        updated = int(rows[0]["newer"] or 0)
-        inserted = len(plan.rows) - matched
-        return MergeOutcome(
-            inserted, updated, len(plan.rows) - inserted - updated,
+        first = rows[0] if rows else {"matched": 0, "newer": 0}
+        missing = [
+            {k: r[k] for k in plan.keys}
+            for r in rows
+            if all(r.get(k) is not None for k in plan.keys)
+        ]
+        return plan_outcome(
+            plan, int(first["matched"] or 0), int(first["newer"] or 0), missing,
             jobs=jobs + 1, bytes_sent=size, path=path, statements=[script],
         )  # fmt: skip
 
-    def _stale_fence(self, plan: MergePlan) -> StaleFence:
-        """The StaleFence for a script that found a newer fence, with the newest one stored."""
-        current = None
-        for value in plan.partition_values:
-            stored = self.read_fence(plan.table, value)
-            if stored is not None and (current is None or stored > current):
-                current = stored
-        return StaleFence(
-            self.canonical(plan.table),
-            int(plan.fence or 0),
-            current,
-            plan.partition_values[0] if len(plan.partition_values) == 1 else plan.partition_values,
-        )
-
-    def _merge_staged(self, plan: MergePlan) -> MergeOutcome:
+    def _merge_staged(self, plan: MergePlan, left: Any) -> MergeOutcome:
         from google.cloud import bigquery
 
         project, dataset, name = self._parts(plan.table)
         stage_name = f"{project}.{dataset}._pg_stage_{name}_{uuid.uuid4().hex[:12]}"
-        fields = [bigquery.SchemaField(c.name, c.native_type or c.type) for c in plan.columns]
+        fields = [_schema_field(c) for c in plan.columns]
         stage = bigquery.Table(stage_name, schema=fields)
         stage.expires = dt.datetime.now(dt.timezone.utc) + plan.staging_ttl
         ndjson = _ndjson(plan)
-        if plan.fence is not None:
-            self._ensure_fence_table(plan.table)
-        self.client.create_table(stage)
+        self.client.create_table(stage, retry=None, timeout=_bounded(left(), self.timeout))
         try:
-            _load_ndjson(self.client, stage_name, fields, ndjson)
+            _load_ndjson(self.client, stage_name, fields, ndjson, _bounded(left(), self.timeout))
             cols = ", ".join(plan.column_names)
             source = f"SELECT {cols} FROM {self.quote_table(stage_name)}"
             return self._run_script(
-                plan, self.merge_script(plan, source), len(ndjson), "staging", 1
+                plan, self.script(plan, source), len(ndjson), "staging", 1, left()
             )
         finally:
             # Dropping the staging table (never emptying it); the expiration covers a crash.
             try:
-                self.client.delete_table(stage_name, not_found_ok=True)
+                self.client.delete_table(stage_name, not_found_ok=True, retry=None, timeout=30.0)
             except Exception as exc:  # pragma: no cover - expiration cleans up
                 log.warning("could not drop staging table %s (expires anyway): %r", stage_name, exc)
+
+
+def _bounded(left: float | None, default: float) -> float:
+    return default if left is None else max(left, 0.001)
+
+
+def _script_statement(step: Step) -> str:
+    """A step as a script statement: counts and missing keys go into script variables."""
+    if step.kind == "count":
+        return f"SET pg_counts = ({step.sql.replace('SELECT', 'SELECT AS STRUCT', 1)})"
+    if step.kind == "missing":
+        return f"SET pg_missing = ARRAY({step.sql.replace('SELECT', 'SELECT AS STRUCT', 1)})"
+    return step.sql
+
+
+def _column(field: Any) -> Column:
+    """A Column from a BigQuery SchemaField, with NUMERIC's precision and scale."""
+    if field.mode == "REPEATED" or field.field_type in ("RECORD", "STRUCT"):
+        return Column(field.name, f"{field.mode} {field.field_type}", False, field.field_type)
+    kind = normalise_type(field.field_type)
+    precision = getattr(field, "precision", None)
+    scale = getattr(field, "scale", None)
+    native = field.field_type
+    if kind in ("NUMERIC", "BIGNUMERIC") and precision is not None:
+        native = f"{kind}({precision}, {scale or 0})"
+    return Column(
+        field.name, kind, field.mode == "REQUIRED", native,
+        None if precision is None else int(precision), None if scale is None else int(scale),
+    )  # fmt: skip
+
+
+def _schema_field(column: Column) -> Any:
+    from google.cloud import bigquery
+
+    base = (column.native_type or column.type).split("(", 1)[0]
+    if column.precision is None:
+        return bigquery.SchemaField(column.name, base)
+    return bigquery.SchemaField(
+        column.name, base, precision=column.precision, scale=column.scale or 0
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import re
-import uuid
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,17 +13,15 @@ from typing import Any
 
 from ..._backoff import retry_while
 from ..._values import normalise_type
-from ...errors import ConfigError, StaleFence
-from .base import FENCE_TABLE, Warehouse, fence_partition_key, notify_statement_observers
+from ...errors import ConfigError
+from .base import Warehouse, fence_partition_key, notify_statement_observers, plan_outcome
 from .plan import Column, MergeOutcome, MergePlan
-from .sql import count_statement, is_identifier, merge_statement
+from .sql import STALE_MARKER, Dialect, guard_table_ddl, is_identifier, write_steps
 
-__all__ = ["WRITES_TABLE", "DuckDBWarehouse"]
+__all__ = ["DUCKDB_DIALECT", "DuckDBWarehouse"]
 
-#: One row per table, bumped by every MERGE so concurrent MERGEs into one table
-#: conflict (and one retries), as they do on BigQuery.
-WRITES_TABLE = "_processor_guard_writes"
-
+_turns: dict[object, threading.Lock] = {}
+_turns_lock = threading.Lock()
 _PARAMETER_OR_QUOTED = re.compile(r"('(?:[^']|'')*'|\"(?:[^\"]|\"\")*\")|@([A-Za-z_][A-Za-z0-9_]*)")
 # Waiting for another process's lock on the database file: the first retry comes
 # after up to 10 ms, later ones after at most 250 ms each.
@@ -48,15 +46,32 @@ def _duck_value(value: object) -> object:
     return value
 
 
-class _Placeholders:
-    """Writes each partition value as a ``?`` placeholder and keeps it, in order, to bind."""
+_DECIMAL = re.compile(r"^DECIMAL\((\d+),\s*(\d+)\)$", re.IGNORECASE)
 
-    def __init__(self) -> None:
-        self.values: list[object] = []
 
-    def __call__(self, value: object, type_name: str) -> str:
-        self.values.append(_duck_value(value))
-        return "?"
+def _column(name: str, native: str, required: bool) -> Column:
+    """A Column from DuckDB's catalog, with a DECIMAL's precision and scale."""
+    found = _DECIMAL.match(native.strip())
+    if found:
+        return Column(name, "NUMERIC", required, native, int(found[1]), int(found[2]))
+    return Column(name, normalise_type(native), required, native)
+
+
+def _duck_literal(text: str) -> str:
+    """A DuckDB string literal; text spelling ``delete`` is split so no statement holds it."""
+    pieces = re.split(r"(?<=[dD])(?=[eE][lL][eE][tT][eE])", text)
+    quoted = ["'" + piece.replace("'", "''") + "'" for piece in pieces]
+    return quoted[0] if len(quoted) == 1 else "(" + " || ".join(quoted) + ")"
+
+
+#: DuckDB's spelling of the guard statements; partition values are bound as ``?``.
+DUCKDB_DIALECT = Dialect(
+    literal=_duck_literal,
+    partition_value_sql=lambda value, type_name: "?",
+    now="now()::TIMESTAMP",
+    string_type="VARCHAR",
+    int_type="BIGINT",
+)
 
 
 class _StatementLog:
@@ -103,8 +118,7 @@ class DuckDBWarehouse(Warehouse):
             self.path = path
         else:
             self.conn = conn_or_path
-        self._fence_tables: set[str] = set()
-        self._write_rows: set[tuple[str, str]] = set()
+        self._guards: set[str] = set()
 
     @contextmanager
     def _cursor(self, *, wait: bool = True) -> Iterator[Any]:
@@ -146,12 +160,6 @@ class DuckDBWarehouse(Warehouse):
         parts = self._parts(table)
         return ".".join(parts if len(parts) > 1 else ["main", *parts])
 
-    def fence_table(self, table: str) -> str:
-        return ".".join([*self._parts(table)[:-1], FENCE_TABLE])
-
-    def _writes_table(self, table: str) -> str:
-        return ".".join([*self._parts(table)[:-1], WRITES_TABLE])
-
     # -- reading ----------------------------------------------------------------------
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         values = {k: _duck_value(v) for k, v in (params or {}).items()}
@@ -183,10 +191,7 @@ class DuckDBWarehouse(Warehouse):
             rows = cur.execute(sql, args).fetchall()
         if not rows:
             return None
-        return tuple(
-            Column(str(n), normalise_type(str(t)), str(nullable) == "NO", str(t))
-            for n, t, nullable in rows
-        )
+        return tuple(_column(str(n), str(t), str(nullable) == "NO") for n, t, nullable in rows)
 
     def classify(self, exc: BaseException) -> str:
         import duckdb
@@ -200,115 +205,78 @@ class DuckDBWarehouse(Warehouse):
         return "fatal"
 
     # -- writing ----------------------------------------------------------------------
-    def merge(self, plan: MergePlan) -> MergeOutcome:
-        with self._cursor(wait=False) as cur:
+    def merge(self, plan: MergePlan, *, timeout: float | None = None) -> MergeOutcome:
+        with self.write_turn(), self._cursor(wait=False) as cur:
             return self._merge_with(_StatementLog(cur), plan)
 
-    def _merge_with(self, log: _StatementLog, plan: MergePlan) -> MergeOutcome:
-        self._ensure_bookkeeping(log, plan)
-        src = f"pg_src_{uuid.uuid4().hex[:12]}"
-        log.run(
-            f"CREATE TEMP TABLE {src} ("
-            + ", ".join(f"{c.name} {c.native_type or c.type}" for c in plan.columns)
-            + ")"
-        )
-        try:
-            log.run("BEGIN TRANSACTION")
-            try:
-                self._claim_and_fence(log, plan)
-                _load_rows(log, src, plan)
-                target = self.quote_table(plan.table)
-                count_args = _Placeholders()
-                count_sql = count_statement(
-                    plan, target=target, source=src, partition_value_sql=count_args
-                )
-                matched, newer = log.run(count_sql, count_args.values).fetchone()
-                merge_args = _Placeholders()
-                merge_sql = merge_statement(
-                    plan, target=target, source=src, partition_value_sql=merge_args
-                )
-                log.run(merge_sql, merge_args.values)
-                log.run("COMMIT")
-            except BaseException:
-                log.run("ROLLBACK", keep=False)
-                raise
-        finally:
-            log.run(f"DROP TABLE IF EXISTS {src}", keep=False)
-        inserted = len(plan.rows) - int(matched)
-        updated = int(newer)
-        return MergeOutcome(
-            inserted, updated, len(plan.rows) - inserted - updated,
-            jobs=1, path="duckdb", statements=log.statements,
-        )  # fmt: skip
+    def write_turn(self) -> Any:
+        """This process's saves into one DuckDB database take turns.
 
-    def _ensure_bookkeeping(self, log: _StatementLog, plan: MergePlan) -> None:
-        """The fence table (when fenced) and the table's row in the writes table exist."""
-        import duckdb
-
-        fence_q = self.quote_table(self.fence_table(plan.table))
-        if plan.fence is not None and fence_q not in self._fence_tables:
-            log.run(
-                f"CREATE TABLE IF NOT EXISTS {fence_q} (table_name VARCHAR NOT NULL, "
-                "partition_value VARCHAR NOT NULL, fence BIGINT NOT NULL, updated_at TIMESTAMP, "
-                "PRIMARY KEY (table_name, partition_value))"
-            )
-            self._fence_tables.add(fence_q)
-        write_row = (self.quote_table(self._writes_table(plan.table)), self.canonical(plan.table))
-        if write_row not in self._write_rows:
-            writes_q, name = write_row
-            log.run(
-                f"CREATE TABLE IF NOT EXISTS {writes_q} (table_name VARCHAR PRIMARY KEY, "
-                "merges BIGINT NOT NULL, updated_at TIMESTAMP)"
-            )
-            # ConstraintException: a concurrent writer inserted the row first; it exists.
-            with contextlib.suppress(duckdb.ConstraintException):
-                log.run(
-                    f"INSERT INTO {writes_q} VALUES (?, 0, NULL) ON CONFLICT DO NOTHING", [name]
-                )
-            self._write_rows.add(write_row)
-
-    def _claim_and_fence(self, log: _StatementLog, plan: MergePlan) -> None:
-        """Inside the transaction: claim the table's write row, then check and record the fence.
-
-        Claiming first makes a concurrent MERGE into the same table conflict here.
+        DuckDB 2.0.1 hangs when several threads' write transactions conflict (UPDATE,
+        ROLLBACK and catalog reads wait on each other), so threads of one process do
+        not overlap their saves; other processes are kept out by the file lock.
         """
-        name = self.canonical(plan.table)
-        log.run(
-            f"UPDATE {self.quote_table(self._writes_table(plan.table))} "
-            "SET merges = merges + 1, updated_at = now()::TIMESTAMP WHERE table_name = ?",
-            [name],
+        key: object = self.path if self.path is not None else id(self.conn)
+        with _turns_lock:
+            turn = _turns.setdefault(key, threading.Lock())
+        return turn
+
+    def ensure_guard(self, log: _StatementLog, table: str) -> str:
+        """The quoted guard table of ``table``, created (with its row) if it does not exist.
+
+        Looked up once per adapter; the DDL runs only where the table is missing.
+        """
+        guard = self.guard_table(table)
+        if guard not in self._guards:
+            if self._fetch_schema(guard) is None:
+                log.run(guard_table_ddl(self.quote_table(guard), DUCKDB_DIALECT))
+            self._guards.add(guard)
+        return self.quote_table(guard)
+
+    def _merge_with(self, log: _StatementLog, plan: MergePlan) -> MergeOutcome:
+        guard = self.ensure_guard(log, plan.table)
+        source, source_args = _values_source(plan)
+        steps = write_steps(
+            plan,
+            [fence_partition_key(v) for v in plan.partition_values],
+            target=self.quote_table(plan.table),
+            guard=guard,
+            source=source,
+            dialect=DUCKDB_DIALECT,
         )
-        if plan.fence is None:
-            return
-        fence_q = self.quote_table(self.fence_table(plan.table))
-        parts = [fence_partition_key(v) for v in plan.partition_values]
-        marks = ", ".join("?" for _ in parts) or "NULL"
-        stored = log.run(
-            f"SELECT MAX(fence) FROM {fence_q} WHERE table_name = ? "
-            f"AND partition_value IN ({marks})",
-            [name, *parts],
-        ).fetchone()[0]
-        if stored is not None and int(stored) > plan.fence:
-            raise StaleFence(
-                name, plan.fence, int(stored), parts[0] if len(parts) == 1 else tuple(parts)
-            )
-        for part in parts:
-            log.run(
-                f"INSERT INTO {fence_q} VALUES (?, ?, ?, now()::TIMESTAMP) "
-                "ON CONFLICT (table_name, partition_value) DO UPDATE SET "
-                "fence = excluded.fence, updated_at = excluded.updated_at",
-                [name, part, plan.fence],
-            )
+        in_transaction = False
+        matched = newer = 0
+        missing: list[dict[str, Any]] = []
+        try:
+            for step in steps:
+                in_transaction = in_transaction or step.kind == "begin"
+                # The source comes before the partition values in every statement using it.
+                uses_source = step.kind in ("missing", "count", "merge")
+                args = [*(source_args if uses_source else ()), *map(_duck_value, step.args)]
+                result = log.run(step.sql, args or None)
+                if step.kind == "count":
+                    matched, newer = (int(v) for v in result.fetchone())
+                elif step.kind == "missing":
+                    missing = [dict(zip(plan.keys, r, strict=True)) for r in result.fetchall()]
+        except BaseException as exc:
+            if in_transaction:
+                with contextlib.suppress(Exception):  # already ended by the failure
+                    log.run("ROLLBACK", keep=False)
+            if STALE_MARKER in str(exc):
+                raise self.stale_fence(plan) from exc
+            raise
+        return plan_outcome(plan, matched, newer, missing, jobs=1, path="duckdb",
+                            statements=log.statements)  # fmt: skip
 
 
-def _load_rows(log: _StatementLog, src: str, plan: MergePlan) -> None:
-    """The batch into the temporary source table, in chunks of about 2,000 values."""
-    names = plan.column_names
-    chunk = max(1, 2000 // max(len(names), 1))
-    row_marks = "(" + ", ".join("?" for _ in names) + ")"
-    for start in range(0, len(plan.rows), chunk):
-        part = plan.rows[start : start + chunk]
-        args = [_duck_value(row.get(n)) for row in part for n in names]
-        sql = f"INSERT INTO {src} VALUES " + ", ".join(row_marks for _ in part)
-        # Keeps only the first chunk's statement: the others differ only in length.
-        log.run(sql, args, keep=start == 0)
+def _values_source(plan: MergePlan) -> tuple[str, list[Any]]:
+    """The batch as one typed list-of-structs parameter, and that parameter.
+
+    Inline rather than a temporary table: DuckDB 2.0 can hang when threads create and
+    fill temporary tables while other transactions conflict.
+    """
+    fields = ", ".join(f"{c.name} {c.native_type or c.type}" for c in plan.columns)
+    names = ", ".join(plan.column_names)
+    sql = f"(SELECT {names} FROM (SELECT UNNEST(?::STRUCT({fields})[], recursive := true)))"
+    rows = [{c.name: _duck_value(row.get(c.name)) for c in plan.columns} for row in plan.rows]
+    return sql, [rows]

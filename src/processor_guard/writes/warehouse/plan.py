@@ -17,6 +17,10 @@ class Column:
     type: str
     required: bool = False
     native_type: str = ""
+    #: NUMERIC/BIGNUMERIC: digits in all and after the point (BigQuery's defaults
+    #: when the column declares none: NUMERIC(38, 9), BIGNUMERIC(76, 38)).
+    precision: int | None = None
+    scale: int | None = None
 
 
 @dataclass
@@ -33,6 +37,8 @@ class MergePlan:
     order_by: str | None = None
     staging_threshold_bytes: int = 4_000_000
     staging_ttl: dt.timedelta = dt.timedelta(hours=1)
+    #: Update stored keys only: new keys are reported in ``missing_keys``, not inserted.
+    update_only: bool = False
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -55,3 +61,5 @@ class MergeOutcome:
     bytes_sent: int = 0
     path: str = ""
     statements: list[str] = field(default_factory=list)
+    #: update-only saves: keys of the batch with no stored row (nothing written for them).
+    missing_keys: list[dict[str, Any]] = field(default_factory=list)

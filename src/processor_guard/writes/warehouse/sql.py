@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..._values import normalise_type, to_json_value
@@ -17,7 +18,11 @@ from ...errors import ConfigError
 from .plan import Column, MergePlan
 
 __all__ = [
+    "GUARD_SUFFIX",
+    "TABLE_GUARD_ROW",
+    "Dialect",
     "PartitionValueSql",
+    "Step",
     "check_identifier",
     "count_statement",
     "is_identifier",
@@ -25,6 +30,7 @@ __all__ = [
     "merge_statement",
     "render_string_literal",
     "typed_literal",
+    "write_steps",
 ]
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -132,7 +138,7 @@ def merge_statement(
     """The MERGE of ``plan`` from ``source`` (a table or a parenthesised query) into ``target``.
 
     A stored key is updated, in the columns the batch carries only and by a row at
-    least as new; a new key is inserted.
+    least as new; a new key is inserted (unless ``plan.update_only``).
     """
     lines = [
         f"MERGE INTO {target} AS T",
@@ -143,11 +149,12 @@ def merge_statement(
         when_matched = " AND ".join(["WHEN MATCHED", *_newer_row_guard(plan)])
         sets = ", ".join(f"{c} = S.{c}" for c in plan.update_columns)
         lines.append(f"{when_matched} THEN UPDATE SET {sets}")
-    columns = plan.column_names
-    lines.append(
-        f"WHEN NOT MATCHED THEN INSERT ({', '.join(columns)}) "
-        f"VALUES ({', '.join('S.' + c for c in columns)})"
-    )
+    if not plan.update_only:
+        columns = plan.column_names
+        lines.append(
+            f"WHEN NOT MATCHED THEN INSERT ({', '.join(columns)}) "
+            f"VALUES ({', '.join('S.' + c for c in columns)})"
+        )
     return "\n".join(lines)
 
 
@@ -169,3 +176,143 @@ def count_statement(
         f"{select} COUNT(*) AS matched, COALESCE(SUM({newer}), 0) AS newer "
         f"FROM {target} AS T JOIN {source} AS S ON {_match_condition(plan, partition_value_sql)}"
     )
+
+
+def missing_keys_statement(
+    plan: MergePlan, *, target: str, source: str, partition_value_sql: PartitionValueSql
+) -> str:
+    """The batch's keys with no stored row: what an update-only MERGE cannot update."""
+    keys = ", ".join(f"S.{k} AS {k}" for k in plan.keys)
+    return (
+        f"SELECT {keys} FROM {source} AS S WHERE NOT EXISTS "
+        f"(SELECT 1 FROM {target} AS T WHERE {_match_condition(plan, partition_value_sql)})"
+    )
+
+
+#: The guard table of ``<table>`` is ``<table>__pg_guard``, next to it.
+GUARD_SUFFIX = "__pg_guard"
+#: ``partition_value`` of the guard row every save UPDATEs (partition rows hold fences).
+TABLE_GUARD_ROW = "*"
+#: Marker in the SQL error a fenced save raises when a newer fence is recorded.
+STALE_MARKER = "processor_guard stale fence"
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between the engines' SQL for the guard statements."""
+
+    literal: Callable[[str], str]
+    partition_value_sql: PartitionValueSql
+    now: str
+    string_type: str
+    int_type: str
+
+
+@dataclass(frozen=True)
+class Step:
+    """One statement of a save, in order; ``kind`` tells an engine how to send it.
+
+    Kinds: ``claim`` (outside the transaction), ``begin``, ``check``, ``guard``,
+    ``missing``, ``count``, ``merge``, ``commit``. ``args`` are ``?`` placeholder values.
+    """
+
+    kind: str
+    sql: str
+    args: tuple[object, ...] = ()
+
+
+def guard_table_ddl(guard: str, dialect: Dialect) -> str:
+    """Creates the guard table together with its table row, atomically (CREATE ... AS SELECT).
+
+    Created with the row, so no writer ever sees the table without the row it UPDATEs.
+    """
+    return (
+        f"CREATE TABLE IF NOT EXISTS {guard} AS SELECT "
+        f"CAST({dialect.literal(TABLE_GUARD_ROW)} AS {dialect.string_type}) AS partition_value, "
+        f"CAST(NULL AS {dialect.int_type}) AS fence, CAST(0 AS {dialect.int_type}) AS writes, "
+        f"{dialect.now} AS updated_at"
+    )
+
+
+class _Collect:
+    """A PartitionValueSql that also keeps the values an engine binds as ``?``."""
+
+    def __init__(self, inner: PartitionValueSql) -> None:
+        self.inner = inner
+        self.values: list[object] = []
+
+    def __call__(self, value: object, type_name: str) -> str:
+        text = self.inner(value, type_name)
+        if text == "?":
+            self.values.append(value)
+        return text
+
+
+def write_steps(
+    plan: MergePlan,
+    partition_keys: Sequence[str],
+    *,
+    target: str,
+    guard: str,
+    source: str,
+    dialect: Dialect,
+) -> list[Step]:
+    """Every statement of one save, for every engine (BigQuery, DuckDB, the rules model).
+
+    Why it is correct under BigQuery's rules: the transaction always UPDATEs the
+    guard table's table row, so two saves into one table always conflict (a MERGE
+    that only inserts never does), and the one cancelled retries from a fresh
+    snapshot. A fence is claimed before the transaction, only ever raised, and the
+    claim touches the table row too: a transaction that started before a newer
+    claim is cancelled when it writes, and its retry sees the claim and is refused.
+    """
+    lit = dialect.literal
+    parts = [lit(p) for p in partition_keys]
+    steps: list[Step] = []
+    fence = None if plan.fence is None else int(plan.fence)
+    if fence is not None and parts:
+        # The claim also touches the table row, so it conflicts with any transaction
+        # writing the table: a claim and a save can never both miss each other.
+        table_row = lit(TABLE_GUARD_ROW)
+        rows = " UNION ALL ".join(f"SELECT {p} AS partition_value" for p in [table_row, *parts])
+        steps.append(
+            Step(
+                "claim",
+                f"MERGE INTO {guard} AS G USING ({rows}) AS S "
+                "ON G.partition_value = S.partition_value "
+                f"WHEN MATCHED AND (G.partition_value = {table_row} OR G.fence < {fence}) "
+                f"THEN UPDATE SET fence = CASE WHEN G.partition_value = {table_row} "
+                f"THEN G.fence ELSE {fence} END, updated_at = {dialect.now} "
+                "WHEN NOT MATCHED THEN INSERT (partition_value, fence, writes, updated_at) "
+                f"VALUES (S.partition_value, {fence}, 0, {dialect.now})",
+            )
+        )
+    steps.append(Step("begin", "BEGIN TRANSACTION"))
+    if fence is not None and parts:
+        message = lit(f"{STALE_MARKER} {fence}")
+        steps.append(
+            Step(
+                "check",
+                f"SELECT CASE WHEN EXISTS(SELECT 1 FROM {guard} WHERE partition_value IN "
+                f"({', '.join(parts)}) AND fence > {fence}) THEN ERROR({message}) ELSE 0 END",
+            )
+        )
+    steps.append(
+        Step(
+            "guard",
+            f"UPDATE {guard} SET writes = writes + 1, updated_at = {dialect.now} "
+            f"WHERE partition_value = {lit(TABLE_GUARD_ROW)}",
+        )
+    )
+    for kind, build in (
+        ("missing", missing_keys_statement if plan.update_only else None),
+        ("count", count_statement),
+        ("merge", merge_statement),
+    ):
+        if build is None:
+            continue
+        values = _Collect(dialect.partition_value_sql)
+        sql = build(plan, target=target, source=source, partition_value_sql=values)
+        steps.append(Step(kind, sql, tuple(values.values)))
+    steps.append(Step("commit", "COMMIT TRANSACTION"))
+    return steps
