@@ -58,6 +58,8 @@ class CompletionTracker:
     all critical processors plus ``fraction`` (rounded up) of the others.
     """
 
+    # Long: the public API of one phase's completion documents; each method is
+    # short and hands the work to state, outbox or reconcile.
     def __init__(
         self,
         client: Any,

@@ -490,6 +490,7 @@ def table_rows(
     seed: int = 20260203,
 ) -> list[dict[str, Any]]:
     """Rows of any of the five analytics tables for ``games``."""
+    # Long: one line per column of the pipeline's tables: data, not logic.
     when = processed_at or dt.datetime.now(dt.timezone.utc)
     season = game_date.year - (1 if game_date.month < 10 else 0)
     if table == "player_game_summary":

@@ -610,6 +610,8 @@ def _publish(events: Events, day: str) -> str:
 
 
 def _worker_guarded(cfg: WorkerConfig, events: Events) -> None:
+    # Long: one guarded instance's run, step by step in the order the timeline
+    # shows it to the reader of the demo.
     from .. import LeaseHooks, register_hooks
     from ..completion.tracker import CompletionTracker
     from ..leases import guarded
@@ -911,6 +913,8 @@ def _replay(
     target: WarehouseTarget,
     console: Any,
 ) -> RunResult:
+    # Long: starting, watching and stopping the replay's processes is one story;
+    # its steps share the processes and their logs.
     started = time.monotonic()
     folder = Path(base.dir)
     events = Events(folder / f"events-{mode}.jsonl")
@@ -1020,6 +1024,7 @@ def _measure(
     procs: dict[str, subprocess.Popen[bytes]],
     seconds: float,
 ) -> RunResult:
+    # Long: each row of the closing table is one query; they read best side by side.
     evs = events.all()
     day = demo_data.DEMO_DATE
     res = RunResult(mode=mode, seconds=round(seconds, 2))
@@ -1251,6 +1256,8 @@ def run_demo(
 def _run_in(
     folder: Path, store: str | None, warehouse: str | None, on_busy: str, keep: bool, console: Any
 ) -> dict[str, Any]:
+    # Long: the unguarded instance replays the incident's code path as it was, step
+    # by step, so the reader can follow it against the handoff.
     store_url = store or f"sqlite://{folder}/leases.db"
     _preflight(store_url, warehouse)
     completion_url = f"sqlite://{folder}/completion.db"

@@ -29,12 +29,12 @@ from tenacity import (
     retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
-    wait_random_exponential,
 )
 
+from .._backoff import jitter_wait
 from .._values import SUPPORTED_TYPES, coerce, to_json_value
 from ..errors import ConfigError, InvalidRows, MergeFailed
-from ..leases import current_lease
+from ..leases import Lease, current_lease
 from ..tables import TABLES
 from .dedup import DedupReport, dedupe_rows
 from .warehouse import Column, MergeOutcome, MergePlan, Warehouse, as_warehouse
@@ -114,6 +114,8 @@ def _validate(
     ``update_only``: REQUIRED columns the batch does not carry are not needed (the
     stored rows keep theirs); those it carries must still hold a value.
     """
+    # Long: every check a batch must pass before anything is sent, in the order
+    # its errors are reported; split, the checks would pass the same five values around.
     schema = wh.schema(table)
     by_name = {c.name: c for c in schema}
     carried: set[str] = set()
@@ -234,6 +236,22 @@ def _write_replay(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequen
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
+def _checked_arguments(
+    table: object, keys: Sequence[str] | None, fence: object, max_attempts: int, deadline: float
+) -> tuple[str, ...]:
+    """The key columns, once the arguments are known to be usable (ConfigError if not)."""
+    if not isinstance(table, str) or not table:
+        raise ConfigError(f"table must be a non-empty string: {table!r}")
+    key_cols = _table_keys(table) if keys is None else tuple(keys)
+    if isinstance(keys, str) or not key_cols:
+        raise ConfigError(f"keys must be a non-empty sequence of columns: {keys!r}")
+    if max_attempts < 1 or deadline <= 0:
+        raise ConfigError("max_attempts must be >= 1 and deadline > 0")
+    if fence is not None and (isinstance(fence, bool) or not isinstance(fence, int)):
+        raise ConfigError(f"fence must be an int: {fence!r}")
+    return key_cols
+
+
 def safe_merge(
     client: Any,
     table: str,
@@ -271,15 +289,9 @@ def safe_merge(
     lease's remaining time (the job is cancelled when that runs out). Then
     ``MergeFailed`` with the batch written as NDJSON to ``replay_path``.
     """
-    if not isinstance(table, str) or not table:
-        raise ConfigError(f"table must be a non-empty string: {table!r}")
-    key_cols = _table_keys(table) if keys is None else tuple(keys)
-    if isinstance(keys, str) or not key_cols:
-        raise ConfigError(f"keys must be a non-empty sequence of columns: {keys!r}")
-    if max_attempts < 1 or deadline <= 0:
-        raise ConfigError("max_attempts must be >= 1 and deadline > 0")
-    if fence is not None and (isinstance(fence, bool) or not isinstance(fence, int)):
-        raise ConfigError(f"fence must be an int: {fence!r}")
+    # Long: one save, top to bottom: arguments, dedup, validation, one MERGE per lease, the
+    # plan, then the one retry layer (_merge_with_retries).
+    key_cols = _checked_arguments(table, keys, fence, max_attempts, deadline)
     wh = _warehouse_for(client)
     source = rows if isinstance(rows, list) else list(rows)
     index_of = {id(r): i for i, r in enumerate(source)}
@@ -306,8 +318,9 @@ def safe_merge(
                 client, table, part, keys=key_cols, partition_field=partition_field,
                 fence=fence, order_by=order_by, keep=keep, only_newer=only_newer,
                 staging_threshold_bytes=staging_threshold_bytes, staging_ttl=staging_ttl,
-                max_attempts=max_attempts, deadline=deadline, backoff_initial=backoff_initial,
-                backoff_max=backoff_max, sleep=sleep, replay_path=replay_path,
+                update_only=update_only, max_attempts=max_attempts, deadline=deadline,
+                backoff_initial=backoff_initial, backoff_max=backoff_max, sleep=sleep,
+                replay_path=replay_path,
             )  # fmt: skip
 
         return _combined(report, [merge_part(values) for _, values in groups])
@@ -329,6 +342,51 @@ def safe_merge(
         update_only=update_only,
     )
 
+    outcome, attempts = _merge_with_retries(
+        wh, plan, lease, max_attempts=max_attempts, deadline=deadline,
+        backoff_initial=backoff_initial, backoff_max=backoff_max, sleep=sleep,
+        replay_path=replay_path,
+    )  # fmt: skip
+
+    log.info(
+        "MERGE into %s: %d inserted, %d updated, %d skipped (fence %s, %d attempt(s), %s)",
+        table,
+        outcome.inserted,
+        outcome.updated,
+        outcome.skipped,
+        fence,
+        attempts,
+        outcome.path,
+    )
+    return MergeResult(
+        table=table,
+        inserted=outcome.inserted,
+        updated=outcome.updated,
+        attempts=attempts,
+        dedup=report,
+        skipped=outcome.skipped,
+        fence=fence,
+        jobs=outcome.jobs,
+        bytes_sent=outcome.bytes_sent,
+        path=outcome.path,
+        missing_keys=outcome.missing_keys,
+    )
+
+
+def _merge_with_retries(
+    wh: Warehouse,
+    plan: MergePlan,
+    lease: Lease | None,
+    *,
+    max_attempts: int,
+    deadline: float,
+    backoff_initial: float,
+    backoff_max: float,
+    sleep: Callable[[float], None] | None,
+    replay_path: str | os.PathLike[str] | None,
+) -> tuple[MergeOutcome, int]:
+    """The one retry layer: (outcome, attempts), or MergeFailed with a replay file."""
+    table, converted, columns = plan.table, plan.rows, plan.columns
     attempts = 0
     started = time.monotonic()
 
@@ -366,14 +424,14 @@ def safe_merge(
 
     retrying = Retrying(
         stop=stop_after_attempt(max_attempts) | stop_after_delay(deadline),
-        wait=wait_random_exponential(multiplier=backoff_initial, max=backoff_max),
+        wait=jitter_wait(backoff_initial, backoff_max),
         retry=retry_if_exception(retryable),
         sleep=sleep or time.sleep,
         before_sleep=before_sleep,
         reraise=False,
     )
     try:
-        outcome = retrying(attempt)
+        return retrying(attempt), attempts
     except RetryError as exc:
         last = exc.last_attempt.exception()
         path = Path(replay_path) if replay_path is not None else _default_replay_path(table)
@@ -384,27 +442,3 @@ def safe_merge(
             log.error("could not write replay file %s: %r", path, write_exc)
             written = None
         raise MergeFailed(table, attempts, last, converted, written) from last
-
-    log.info(
-        "MERGE into %s: %d inserted, %d updated, %d skipped (fence %s, %d attempt(s), %s)",
-        table,
-        outcome.inserted,
-        outcome.updated,
-        outcome.skipped,
-        fence,
-        attempts,
-        outcome.path,
-    )
-    return MergeResult(
-        table=table,
-        inserted=outcome.inserted,
-        updated=outcome.updated,
-        attempts=attempts,
-        dedup=report,
-        skipped=outcome.skipped,
-        fence=fence,
-        jobs=outcome.jobs,
-        bytes_sent=outcome.bytes_sent,
-        path=outcome.path,
-        missing_keys=outcome.missing_keys,
-    )
