@@ -185,7 +185,7 @@ def one_failover(
             # Its next renewal that reaches the promoted replica finds the lease gone; if
             # the promotion outlasts the lease (a Sentinel election can be retried), its
             # own deadline ends it first.
-            assert lease.lost.wait(TTL), "the first instance never noticed the loss"
+            assert lease.wait_lost(TTL), "the first instance never noticed the loss"
             if "no longer holds" in lease.lost_reason:
                 tally.lost_at_renewal += 1
             else:
