@@ -82,7 +82,7 @@ def main(folder: Path) -> int:
     helpers = sorted(
         name for (name,) in con.execute(
             "SELECT table_name FROM information_schema.tables "
-            "WHERE table_name LIKE '\\_processor\\_guard\\_%' ESCAPE '\\'"
+            "WHERE table_name LIKE '%\\_\\_pg\\_guard' ESCAPE '\\'"
         ).fetchall()
     )
     con.close()

@@ -24,4 +24,4 @@ def test_two_runs_leave_one_row_per_player(tmp_path: Path) -> None:
         out = proc.stdout
         assert proc.returncode == 0, proc.stderr
         assert out.startswith("348 rows, 348 players; completion 1/1; triggered: True"), out
-        assert "helper tables: _processor_guard_fences, _processor_guard_writes" in out
+        assert "helper tables: player_game_summary__pg_guard" in out
