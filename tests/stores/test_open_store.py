@@ -64,8 +64,12 @@ def test_a_missing_extra_says_what_to_install(
         if name.startswith(("processor_guard.stores.firestore", "processor_guard.stores.redis")):
             monkeypatch.delitem(sys.modules, name)
     for module in gone.split(","):
-        # An import of it raises ImportError, even if an earlier test imported it.
+        # An import of it raises ImportError, even if an earlier test imported it
+        # (`from parent import child` reads the parent's attribute first).
         monkeypatch.setitem(sys.modules, module, None)
+        parent, _, child = module.rpartition(".")
+        if parent and sys.modules.get(parent) is not None:
+            monkeypatch.delattr(sys.modules[parent], child, raising=False)
     with pytest.raises(MissingDependency) as err:
         open_store(url)
     message = str(err.value)
