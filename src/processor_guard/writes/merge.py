@@ -266,7 +266,7 @@ def safe_merge(
     staging_threshold_bytes: int = 4_000_000,
     staging_ttl: dt.timedelta = dt.timedelta(hours=1),
     update_only: bool = False,
-    max_attempts: int = 6,
+    max_attempts: int = 12,
     deadline: float = 120.0,
     backoff_initial: float = 0.5,
     backoff_max: float = 20.0,
