@@ -3,6 +3,8 @@ covers the common contract)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from processor_guard import ConfigError
@@ -20,9 +22,14 @@ def test_expiry_is_never_shorter_than_the_ttl(redis_url: str) -> None:
     store = RedisStore.from_url(redis_url)
     try:
         store.holders()  # connected, scripts loaded: the two calls below are sub-ms
+        started = time.monotonic()
         assert store.try_acquire("pgs:2026-02-03", "me", 10.0001).acquired
         held = store.holder("pgs:2026-02-03")
-        assert held is not None and held.remaining is not None and held.remaining > 10.0
+        elapsed = time.monotonic() - started
+        assert held is not None and held.remaining is not None
+        # The live check only means something when both calls took under 1 ms (the
+        # slack the rounding adds); on a busy machine the ttl_ms asserts above decide.
+        assert held.remaining > 10.0 or elapsed >= 0.001, (held.remaining, elapsed)
     finally:
         store.close()
 
