@@ -27,10 +27,11 @@ from typing import Any, Literal, NamedTuple, ParamSpec, TypeVar
 from ._backoff import full_jitter
 from .dates import date_range, parse_game_date
 from .errors import ConfigError, GuardError, LeaseLost, LockBusy
-from .stores import LeaseStore, open_store
+from .stores import AsyncLeaseStore, Holder, LeaseStore, open_store
 
 __all__ = [
     "STORE_ENV",
+    "DateLock",
     "Lease",
     "LeaseHooks",
     "bind_leases",
@@ -183,7 +184,7 @@ class Lease:
     def __init__(
         self,
         *,
-        store: LeaseStore,
+        store: LeaseStore | AsyncLeaseStore,
         key: str,
         scope: str,
         game_date: dt.date,
@@ -275,27 +276,37 @@ class Lease:
         if not self.active:
             return None
         started = self._clock()
+        store = self.store
+        assert isinstance(store, LeaseStore)  # an async lease is renewed by leases_async
         try:
-            ok = self.store.renew(self.key, self.owner, self.fence, self.ttl)
+            ok = store.renew(self.key, self.owner, self.fence, self.ttl)
         except Exception as exc:
-            self._last_renew_error = exc
-            now = self._clock()
-            if now >= self._deadline:
-                self._mark_lost(self._expiry_reason())
-                return None
-            level = logging.WARNING if isinstance(exc, GuardError) else logging.ERROR
-            log.log(
-                level,
-                "renewal of %s (owner %s, fence %s) failed, %.1fs left: %r",
-                self.key,
-                self.owner,
-                self.fence,
-                self._deadline - now,
-                exc,
-                exc_info=level >= logging.ERROR,
-            )
-            retry_in = min(max(self.ttl / 10, 0.05), 1.0)
-            return min(now + retry_in, self._deadline)
+            return self._renew_failed(exc)
+        return self._renewed(ok, started)
+
+    def _renew_failed(self, exc: Exception) -> float | None:
+        """A renewal raised: when to retry (monotonic), None once the deadline passed."""
+        self._last_renew_error = exc
+        now = self._clock()
+        if now >= self._deadline:
+            self._mark_lost(self._expiry_reason())
+            return None
+        level = logging.WARNING if isinstance(exc, GuardError) else logging.ERROR
+        log.log(
+            level,
+            "renewal of %s (owner %s, fence %s) failed, %.1fs left: %r",
+            self.key,
+            self.owner,
+            self.fence,
+            self._deadline - now,
+            exc,
+            exc_info=level >= logging.ERROR,
+        )
+        retry_in = min(max(self.ttl / 10, 0.05), 1.0)
+        return min(now + retry_in, self._deadline)
+
+    def _renewed(self, ok: bool, started: float) -> float | None:
+        """A renewal sent at ``started`` answered: when to renew next, None when done."""
         if not ok:
             self._mark_lost("the store no longer holds this lease (expired or taken over)")
             return None
@@ -344,15 +355,30 @@ class Lease:
 
     def _finish(self) -> str | None:
         """Release at the end of the block; the loss reason when it was no longer held."""
+        must_release, reason = self._finish_start()
+        if not must_release:
+            return reason
+        store = self.store
+        assert isinstance(store, LeaseStore)  # an async lease is released by leases_async
+        try:
+            freed = store.release(self.key, self.owner, self.fence)
+        except Exception as exc:
+            self._release_failed(exc)
+            return None
+        return self._release_answered(freed)
+
+    def _finish_start(self) -> tuple[bool, str | None]:
+        """The block ended: (True, None) when the store must be told, else (False, the
+        loss reason or None)."""
         self.finished = True
         _forget_held(self)
         if self._pid != _pid:
             # A forked child never releases its parent's lease, nor takes its lock
             # (another thread may have held it at the fork); it never held it itself.
-            return "lease belongs to the parent process (this is a forked child)"
+            return False, "lease belongs to the parent process (this is a forked child)"
         with self._lock:
             if self._released:
-                return self.lost_reason or None
+                return False, self.lost_reason or None
             self._released = True
             lost = self._lost.is_set()
         if not lost and self._clock() >= self._deadline:
@@ -361,20 +387,22 @@ class Lease:
         if lost:
             # The store no longer holds it for us, or could not be reached until the
             # deadline: a release would be a no-op or wait out a timeout.
-            return self.lost_reason
-        try:
-            freed = self.store.release(self.key, self.owner, self.fence)
-        except Exception as exc:
-            # The outcome is unknown, not a loss: the lease was ours at the last renewal
-            # and expires by itself.
-            log.warning(
-                "release of %s (fence %s) failed; it expires by itself within %.1fs: %r",
-                self.key,
-                self.fence,
-                self.ttl,
-                exc,
-            )
-            return None
+            return False, self.lost_reason
+        return True, None
+
+    def _release_failed(self, exc: Exception) -> None:
+        """The release raised: the outcome is unknown, not a loss (the lease was ours at
+        the last renewal and expires by itself)."""
+        log.warning(
+            "release of %s (fence %s) failed; it expires by itself within %.1fs: %r",
+            self.key,
+            self.fence,
+            self.ttl,
+            exc,
+        )
+
+    def _release_answered(self, freed: bool) -> str | None:
+        """The release answered: the loss reason when the store no longer held it."""
         if not freed:
             self._mark_lost(
                 "the store no longer held this lease at release (expired, broken or taken over)",
@@ -599,25 +627,92 @@ if hasattr(os, "register_at_fork"):
 # --------------------------------------------------------------------------- API
 
 
-@contextmanager
-def date_lock(
+@dataclass
+class _LockRequest:
+    """A date_lock call's checked arguments; what both the sync and the async block use."""
+
+    key: str
+    scope: str
+    day: dt.date
+    ttl: float
+    wait: float
+    owner: str
+    margin: float
+    store: Any  # as passed: a store, a URL or None (resolved by the entering side)
+    on_lost: Callable[[Lease], None] | None
+    hooks: list[LeaseHooks]
+    clock: Callable[[], float]
+
+    def refuse_nested(self, store: LeaseStore | AsyncLeaseStore) -> None:
+        """LockBusy when this context already holds the key on ``store``."""
+        _refuse_nested(self.key, store)
+
+    def new_lease(self, store: LeaseStore | AsyncLeaseStore, fence: int, started: float) -> Lease:
+        """The lease just acquired with ``fence`` by an attempt sent at ``started``."""
+        lease = Lease(
+            store=store,
+            key=self.key,
+            scope=self.scope,
+            game_date=self.day,
+            owner=self.owner,
+            fence=fence,
+            ttl=self.ttl,
+            started=started,
+            clock=self.clock,
+            safety_margin=self.margin,
+            on_lost=self.on_lost,
+            hooks=self.hooks,
+        )
+        _note_held(lease)
+        return lease
+
+    def next_pause(self, holder: Holder | None, give_up: float, attempt: int) -> float:
+        """After a busy attempt: LockBusy once the wait budget (until ``give_up``) is
+        spent, else how long to wait for a release notice before the next attempt."""
+        left = give_up - self.clock()
+        if left <= 0:
+            raise LockBusy(
+                self.key, holder.owner if holder else None, holder.remaining if holder else None
+            )
+        pause = full_jitter(WAIT_BASE, WAIT_CAP, attempt)
+        if holder is not None and holder.remaining is not None:
+            pause = min(pause, holder.remaining + random.uniform(0, 0.01))
+        return min(left, max(pause, 0.001))
+
+    @staticmethod
+    def announce(lease: Lease) -> None:
+        """Run the acquired hooks (after the lease is being renewed)."""
+        lease._emit("acquired")
+        log.debug("acquired %s as %s with fence %s", lease.key, lease.owner, lease.fence)
+
+    @staticmethod
+    def enter(lease: Lease) -> contextvars.Token[tuple[Lease, ...]]:
+        """Make ``lease`` this context's innermost one."""
+        return _current.set((*_current.get(), lease))
+
+    @staticmethod
+    def leave(token: contextvars.Token[tuple[Lease, ...]], lease: Lease) -> None:
+        """Undo ``enter``, also when the block is left from another thread or context
+        (the token belongs to the entering one): the release must still run."""
+        try:
+            _current.reset(token)
+        except ValueError:
+            _current.set(tuple(held for held in _current.get() if held is not lease))
+
+
+def _lock_request(
     scope: str,
     game_date: dt.date | str,
     *,
-    store: LeaseStore | str | None = None,
-    ttl: float = 60.0,
-    wait: float = 0.0,
-    owner: str | None = None,
-    on_lost: Callable[[Lease], None] | None = None,
-    hooks: LeaseHooks | None = None,
-    safety_margin: float | None = None,
-    clock: Callable[[], float] = time.monotonic,
-) -> Iterator[Lease]:
-    """Hold the lease for (scope, game_date) for the ``with`` block, renewing it.
-
-    Leaving the block raises LeaseLost (unless the body raised) when the lease was lost
-    at any point, including when the release finds the store no longer holds it.
-    """
+    store: LeaseStore | AsyncLeaseStore | str | None,
+    ttl: float,
+    wait: float,
+    owner: str | None,
+    on_lost: Callable[[Lease], None] | None,
+    hooks: LeaseHooks | None,
+    safety_margin: float | None,
+    clock: Callable[[], float],
+) -> _LockRequest:
     key = lease_key(scope, game_date)
     day = parse_game_date(game_date)
     the_ttl = _check_seconds("ttl", ttl, positive=True)
@@ -631,32 +726,100 @@ def date_lock(
         margin = _check_seconds("safety_margin", safety_margin, positive=False)
         if margin >= the_ttl:
             raise ConfigError(f"safety_margin must be in [0, ttl), got {safety_margin!r}")
-    the_store = _resolve_store(store)
-    the_store.check_key(key)
-    _refuse_nested(key, the_store)
     all_hooks = [*_global_hooks, *([hooks] if hooks else [])]
-
-    lease = _acquire(
-        the_store, key, scope, day, who, the_ttl, the_wait, clock, margin, on_lost, all_hooks
+    return _LockRequest(
+        key, scope, day, the_ttl, the_wait, who, margin, store, on_lost, all_hooks, clock
     )
-    token = _current.set((*_current.get(), lease))
+
+
+class DateLock:
+    """What :func:`date_lock` returns: enter it once, with ``with`` or ``async with``.
+
+    Both hold the same lease with the same guarantees; ``async with`` takes and renews
+    it on the running event loop (see :mod:`processor_guard.leases_async`).
+    """
+
+    def __init__(self, request: Callable[[], _LockRequest]) -> None:
+        self._request = request
+        self._sync: contextlib.AbstractContextManager[Lease] | None = None
+        self._async: Any = None
+
+    def __enter__(self) -> Lease:
+        self._sync = _hold(self._request())
+        return self._sync.__enter__()
+
+    def __exit__(self, *exc_info: Any) -> bool | None:
+        assert self._sync is not None, "date_lock: __exit__ without __enter__"
+        return self._sync.__exit__(*exc_info)
+
+    async def __aenter__(self) -> Lease:
+        from .leases_async import AsyncHold
+
+        request = self._request()
+        self._async = AsyncHold(request)
+        lease: Lease = await self._async.enter()
+        return lease
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        assert self._async is not None, "date_lock: __aexit__ without __aenter__"
+        await self._async.exit(exc_info[1])
+
+
+def date_lock(
+    scope: str,
+    game_date: dt.date | str,
+    *,
+    store: LeaseStore | AsyncLeaseStore | str | None = None,
+    ttl: float = 60.0,
+    wait: float = 0.0,
+    owner: str | None = None,
+    on_lost: Callable[[Lease], None] | None = None,
+    hooks: LeaseHooks | None = None,
+    safety_margin: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> DateLock:
+    """Hold the lease for (scope, game_date) for the ``with`` (or ``async with``) block,
+    renewing it.
+
+    Leaving the block raises LeaseLost (unless the body raised) when the lease was lost
+    at any point, including when the release finds the store no longer holds it.
+    """
+    return DateLock(
+        functools.partial(
+            _lock_request,
+            scope,
+            game_date,
+            store=store,
+            ttl=ttl,
+            wait=wait,
+            owner=owner,
+            on_lost=on_lost,
+            hooks=hooks,
+            safety_margin=safety_margin,
+            clock=clock,
+        )
+    )
+
+
+@contextmanager
+def _hold(request: _LockRequest) -> Iterator[Lease]:
+    the_store = _resolve_store(request.store)
+    the_store.check_key(request.key)
+    _refuse_nested(request.key, the_store)
+    lease = _acquire(the_store, request)
+    token = request.enter(lease)
     body_ok = False
     try:
         yield lease
         body_ok = True
     finally:
-        try:
-            _current.reset(token)
-        except ValueError:
-            # Left from another thread or context (the token belongs to the entering
-            # one): the release below must still run, or the lease is renewed forever.
-            _current.set(tuple(held for held in _current.get() if held is not lease))
+        request.leave(token, lease)
         lost_reason = lease._finish()
         if lost_reason is not None and body_ok:
             raise LeaseLost(lease.key, lease.owner, lease.fence, lost_reason)
 
 
-def _refuse_nested(key: str, store: LeaseStore) -> None:
+def _refuse_nested(key: str, store: LeaseStore | AsyncLeaseStore) -> None:
     """A key this context already holds would wait for itself: say so at once."""
     for held in held_leases():
         if held.key == key and held.store is store and held.active:
@@ -669,20 +832,9 @@ def _refuse_nested(key: str, store: LeaseStore) -> None:
             )
 
 
-def _acquire(
-    store: LeaseStore,
-    key: str,
-    scope: str,
-    day: dt.date,
-    owner: str,
-    ttl: float,
-    wait: float,
-    clock: Callable[[], float],
-    margin: float,
-    on_lost: Callable[[Lease], None] | None,
-    hooks: list[LeaseHooks],
-) -> Lease:
-    give_up = clock() + wait
+def _acquire(store: LeaseStore, request: _LockRequest) -> Lease:
+    key, owner, ttl, clock = request.key, request.owner, request.ttl, request.clock
+    give_up = clock() + request.wait
     attempt = 0
     waiter = None
     try:
@@ -691,39 +843,16 @@ def _acquire(
             result = store.try_acquire(key, owner, ttl)
             if result.acquired:
                 assert result.fence is not None
-                lease = Lease(
-                    store=store,
-                    key=key,
-                    scope=scope,
-                    game_date=day,
-                    owner=owner,
-                    fence=result.fence,
-                    ttl=ttl,
-                    started=started,
-                    clock=clock,
-                    safety_margin=margin,
-                    on_lost=on_lost,
-                    hooks=hooks,
-                )
-                _note_held(lease)
+                lease = request.new_lease(store, result.fence, started)
                 _keeper.add(lease)
-                lease._emit("acquired")
-                log.debug("acquired %s as %s with fence %s", key, owner, lease.fence)
+                request.announce(lease)
                 return lease
-            holder = result.holder
-            left = give_up - clock()
-            if left <= 0:
-                raise LockBusy(
-                    key, holder.owner if holder else None, holder.remaining if holder else None
-                )
+            pause = request.next_pause(result.holder, give_up, attempt)
             if waiter is None:
                 # Subscribe before the next attempt so a release in between is not missed.
                 waiter = store.release_waiter(key)
                 continue
-            pause = full_jitter(WAIT_BASE, WAIT_CAP, attempt)
-            if holder is not None and holder.remaining is not None:
-                pause = min(pause, holder.remaining + random.uniform(0, 0.01))
-            waiter.wait(min(left, max(pause, 0.001)))
+            waiter.wait(pause)
             attempt += 1
     finally:
         if waiter is not None:
@@ -820,6 +949,8 @@ def guarded(
 ) -> Callable[[F], F]:
     """Decorate ``run(self, opts)``: lock every date of opts' start..end range first.
 
+    ``async def run`` gets the same, with ``async with`` (see leases_async).
+
     ``wait`` is one budget for the whole range. Busy: ``on_busy="raise"`` raises
     LockBusy (push endpoints answer non-2xx so Pub/Sub redelivers); ``"skip"`` logs a
     WARNING and returns False. Never True for work not done: a date lost during the run
@@ -832,12 +963,27 @@ def guarded(
     budget = _check_seconds("wait", wait, positive=False)
 
     def decorate(run: F) -> F:
-        if inspect.iscoroutinefunction(run) or inspect.isasyncgenfunction(run):
-            # The wrapper would release the leases before the coroutine runs.
+        if inspect.isasyncgenfunction(run):
+            # The wrapper would release the leases before the generator runs.
             raise ConfigError(
-                f"guarded cannot wrap the async function {run.__qualname__!r} yet: "
+                f"guarded cannot wrap the async generator {run.__qualname__!r}: "
                 "its body would run after the leases were released"
             )
+        if inspect.iscoroutinefunction(run):
+            from .leases_async import guard_coroutine
+
+            def scope_and_dates(self: Any, opts: Any) -> tuple[str, list[dt.date]]:
+                days = _opts_dates(opts)
+                return _check_scope(scope(self) if callable(scope) else scope), days
+
+            wrapped = guard_coroutine(
+                run,
+                scope_and_dates,
+                budget=budget,
+                on_busy=on_busy,
+                lock_options={"store": store, "ttl": ttl, **lock_options},
+            )
+            return wrapped  # type: ignore[return-value]
 
         @functools.wraps(run)
         def wrapper(self: Any, opts: Any, *args: Any, **kwargs: Any) -> Any:

@@ -11,17 +11,22 @@ from urllib.parse import urlsplit
 
 from .._extras import needs_extra
 from ..errors import ConfigError
+from .aio import AsyncLeaseStore, AsyncReleaseWaiter, ThreadedStore, as_async, open_async_store
 from .base import AcquireResult, Holder, LeaseStore, PollingWaiter, ReleaseWaiter, fence_seed
 from .memory import MemoryStore
 
 if TYPE_CHECKING:
     from .firestore_store import FirestoreStore
+    from .redis_aio import AsyncRedisStore
     from .redis_store import RedisStore
     from .sqlite_store import SQLiteStore
 
 __all__ = [
     "SUPPORTED_SCHEMES",
     "AcquireResult",
+    "AsyncLeaseStore",
+    "AsyncRedisStore",
+    "AsyncReleaseWaiter",
     "FirestoreStore",
     "Holder",
     "LeaseStore",
@@ -30,7 +35,10 @@ __all__ = [
     "RedisStore",
     "ReleaseWaiter",
     "SQLiteStore",
+    "ThreadedStore",
+    "as_async",
     "fence_seed",
+    "open_async_store",
     "open_store",
     "redacted",
 ]
@@ -40,11 +48,12 @@ _TOPOLOGY_SCHEMES = ("redis+cluster", "rediss+cluster", "redis+sentinel", "redis
 SUPPORTED_SCHEMES = ("redis", "rediss", *_TOPOLOGY_SCHEMES, "firestore", "sqlite", "memory")
 
 _LAZY = {
+    "AsyncRedisStore": ".redis_aio",
     "RedisStore": ".redis_store",
     "FirestoreStore": ".firestore_store",
     "SQLiteStore": ".sqlite_store",
 }
-_LAZY_EXTRA = {"RedisStore": "redis", "FirestoreStore": "firestore"}
+_LAZY_EXTRA = {"AsyncRedisStore": "redis", "RedisStore": "redis", "FirestoreStore": "firestore"}
 
 _memory_stores: dict[str, MemoryStore] = {}
 _memory_lock = threading.Lock()

@@ -17,6 +17,7 @@ __all__ = [
     "LeaseStore",
     "PollingWaiter",
     "ReleaseWaiter",
+    "check_key_bytes",
     "fence_seed",
 ]
 
@@ -29,6 +30,16 @@ def fence_seed(server_time_seconds: float) -> int:
     microsecond, so a seed taken later is above every fence handed out before.
     """
     return int(server_time_seconds * 1_000_000)
+
+
+def check_key_bytes(key: str, max_bytes: int, store_name: str) -> None:
+    """ConfigError when ``key`` is longer (UTF-8 bytes) than a store can hold."""
+    size = len(key.encode())
+    if size > max_bytes:
+        raise ConfigError(
+            f"scope is too long for the {store_name} store: "
+            f"lease key {key[:40]!r}... is {size} bytes, at most {max_bytes}"
+        )
 
 
 @dataclass(frozen=True)
@@ -99,12 +110,7 @@ class LeaseStore(ABC):
 
     def check_key(self, key: str) -> None:
         """ConfigError when ``key`` is longer than this store can hold (nothing written)."""
-        size = len(key.encode())
-        if size > self.max_key_bytes:
-            raise ConfigError(
-                f"scope is too long for the {self.scheme or type(self).__name__} store: "
-                f"lease key {key[:40]!r}... is {size} bytes, at most {self.max_key_bytes}"
-            )
+        check_key_bytes(key, self.max_key_bytes, self.scheme or type(self).__name__)
 
     @abstractmethod
     def try_acquire(self, key: str, owner: str, ttl: float) -> AcquireResult:

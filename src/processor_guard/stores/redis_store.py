@@ -11,7 +11,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import redis
 from redis.backoff import NoBackoff
@@ -24,6 +24,9 @@ from redis.sentinel import SentinelConnectionPool
 
 from ..errors import ConfigError, StoreUnavailable
 from .base import AcquireResult, Holder, LeaseStore, ReleaseWaiter
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["RedisStore", "ReplicatedRedisStore"]
 
@@ -305,13 +308,21 @@ def check_server_version(info: str) -> None:
         )
 
 
-def _text(value: bytes | str) -> str:
+def handoff_us(handoff_after: object) -> int:
+    """A store's barging window (seconds, see HANDOFF_AFTER) in µs, as the scripts take it."""
+    if not isinstance(handoff_after, (int, float)) or not 0 <= handoff_after < 3600:
+        raise ConfigError(f"handoff_after must be seconds in [0, 3600), got {handoff_after!r}")
+    return round(handoff_after * 1_000_000)
+
+
+def as_text(value: bytes | str) -> str:
+    """A reply as str (clients without decode_responses answer bytes)."""
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _holder(key: str, reply: Any) -> Holder:
+def parse_holder(key: str, reply: Any) -> Holder:
     """A Holder from a script's ``{value, pttl_ms}`` reply (fence 0 for a hand-over)."""
-    value = _text(reply[0])
+    value = as_text(reply[0])
     pttl = int(reply[1])
     remaining = pttl / 1000 if pttl >= 0 else None
     if value.startswith("~"):
@@ -321,7 +332,7 @@ def _holder(key: str, reply: Any) -> Holder:
 
 
 @contextlib.contextmanager
-def _as_store_unavailable(key: str | None) -> Iterator[None]:
+def as_store_unavailable(key: str | None) -> Iterator[None]:
     """Raise the block's Redis and socket errors as StoreUnavailable for ``key`` (None when
     listing holders): the one place RedisStore maps them. The message holds the key and
     redis-py's error text (host and port at most), never the URL and its password."""
@@ -334,8 +345,60 @@ def _as_store_unavailable(key: str | None) -> Iterator[None]:
         raise StoreUnavailable(f"redis unreachable for {what}: {exc}", key=key) from exc
 
 
-def _glob_escape(text: str) -> str:
+def glob_escape(text: str) -> str:
+    """``text`` matched literally in a SCAN pattern."""
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+# The EVALSHA numkeys, keys and arguments of each script, shared by RedisStore and the
+# asyncio store (redis_aio): ``kp`` is ``key_prefix(prefix, key)``.
+Call: TypeAlias = "tuple[int, Unpack[tuple[str | int, ...]]]"
+
+
+def key_prefix(prefix: str, key: str) -> str:
+    """The common start of every Redis key (and channel) of one lease key."""
+    return f"{prefix}:{{{key}}}:"
+
+
+def acquire_call(kp: str, owner: str, ttl: float, waiter_id: str, place: str, attempt: str) -> Call:
+    """numkeys, keys and arguments of ACQUIRE_SCRIPT."""
+    keys = (kp + "lease", kp + "fence", kp + "queue", kp + "woken", kp + "attempt")
+    return (5, *keys, owner, ttl_ms(ttl), waiter_id, place, attempt)
+
+
+def renew_call(kp: str, owner: str, fence: int, ttl: float) -> Call:
+    """numkeys, keys and arguments of RENEW_SCRIPT."""
+    return (1, kp + "lease", f"{fence}:{owner}", ttl_ms(ttl))
+
+
+def release_call(kp: str, owner: str, fence: int, after_us: int, attempt: str) -> Call:
+    """numkeys, keys and arguments of RELEASE_SCRIPT."""
+    keys = (kp + "lease", kp + "queue", kp + "woken", kp + "attempt")
+    return (4, *keys, f"{fence}:{owner}", kp + "released:", HANDOVER_MS, after_us, attempt)
+
+
+def break_call(kp: str, after_us: int) -> Call:
+    """numkeys, keys and arguments of BREAK_SCRIPT."""
+    keys = (kp + "lease", kp + "fence", kp + "queue", kp + "woken")
+    return (4, *keys, kp + "released:", HANDOVER_MS, after_us)
+
+
+def unregister_call(kp: str, waiter_id: str, after_us: int) -> Call:
+    """numkeys, keys and arguments of UNREGISTER_SCRIPT."""
+    keys = (kp + "lease", kp + "queue", kp + "woken")
+    return (3, *keys, waiter_id, kp + "released:", HANDOVER_MS, after_us)
+
+
+def acquire_outcome(key: str, reply: Any) -> AcquireResult:
+    """ACQUIRE_SCRIPT's reply: the fence when taken, else the holder."""
+    if type(reply) is int:
+        return AcquireResult(True, fence=reply)
+    return AcquireResult(False, holder=parse_holder(key, reply))
+
+
+def waiter_channel(kp: str, waiter_id: str) -> str:
+    """The channel a queued waiter listens on for its release notice."""
+    return f"{kp}released:{waiter_id}"
 
 
 class _PubSubWaiter(ReleaseWaiter):
@@ -361,7 +424,7 @@ class _PubSubWaiter(ReleaseWaiter):
         self._pid = _pid
         self._pubsub = store.client.pubsub()  # type: ignore[no-untyped-call]
         try:
-            self._pubsub.subscribe(f"{store.channel(key)}:{self.id}")
+            self._pubsub.subscribe(waiter_channel(key_prefix(store.prefix, key), self.id))
             # Wait for the confirmation: a hand-over published before the server has
             # processed SUBSCRIBE would reach nobody.
             deadline = time.monotonic() + SOCKET_TIMEOUT
@@ -474,8 +537,8 @@ class _ScriptRunner:
         )
         info = conn.read_response()
         for s in scripts:
-            s.sha = _text(conn.read_response())
-        check_server_version(_text(info))
+            s.sha = as_text(conn.read_response())
+        check_server_version(as_text(info))
 
     def _pack(self, script: Script, numkeys: int, args: tuple[str | int, ...]) -> bytes:
         """EVALSHA in RESP, packed here: redis-py's general packer costs microseconds."""
@@ -557,11 +620,9 @@ class RedisStore(LeaseStore):
         prefix: str = "processor_guard",
         handoff_after: float = HANDOFF_AFTER,
     ) -> None:
-        if not isinstance(handoff_after, (int, float)) or not 0 <= handoff_after < 3600:
-            raise ConfigError(f"handoff_after must be seconds in [0, 3600), got {handoff_after!r}")
         self._client = client
         self._prefix = prefix
-        self._after_us = round(handoff_after * 1_000_000)
+        self._after_us = handoff_us(handoff_after)
         self._waiting = threading.local()  # key -> this thread's _PubSubWaiter
         self._idle_waiters: list[_PubSubWaiter] = []
         self._waiters_pid = _pid
@@ -603,6 +664,11 @@ class RedisStore(LeaseStore):
         return cls(client, prefix=prefix, handoff_after=handoff_after)
 
     @property
+    def prefix(self) -> str:
+        """The start of every Redis key this store writes."""
+        return self._prefix
+
+    @property
     def client(self) -> AnyRedis:
         """The redis-py client this store talks through."""
         return self._client
@@ -628,7 +694,7 @@ class RedisStore(LeaseStore):
         return f"{self._prefix}:{{{key}}}:released"
 
     def try_acquire(self, key: str, owner: str, ttl: float) -> AcquireResult:
-        prefix = f"{self._prefix}:{{{key}}}:"
+        kp = key_prefix(self._prefix, key)
         # A thread that is waiting for this key (see release_waiter) acquires as that
         # waiter: it may take a hand-over reserved for it and keeps its queue place.
         waiting: dict[str, _PubSubWaiter] | None = getattr(self._waiting, "by_key", None)
@@ -638,74 +704,53 @@ class RedisStore(LeaseStore):
         # call sends the same attempt id, so it gets that lease instead of "busy".
         attempt = self._unanswered.pop((key, owner), None) or os.urandom(8).hex()
         try:
-            with _as_store_unavailable(key):
+            with as_store_unavailable(key):
                 reply = self._runner.evalsha(
-                    self._acquire,
-                    5,
-                    prefix + "lease",
-                    prefix + "fence",
-                    prefix + "queue",
-                    prefix + "woken",
-                    prefix + "attempt",
-                    owner,
-                    ttl_ms(ttl),
-                    wid,
-                    place,
-                    attempt,
+                    self._acquire, *acquire_call(kp, owner, ttl, wid, place, attempt)
                 )
         except StoreUnavailable:
             if len(self._unanswered) < MAX_UNANSWERED:
                 self._unanswered[(key, owner)] = attempt
             raise
-        if type(reply) is int:
+        result = acquire_outcome(key, reply)
+        if result.acquired:
             if waiter is not None and waiting is not None:
                 waiter.queued = False  # the script took it out of the queue
                 del waiting[key]
-            return AcquireResult(True, fence=reply)
-        if waiter is not None and waiter.told:
+        elif waiter is not None and waiter.told:
             waiter.lost = True
-        return AcquireResult(False, holder=_holder(key, reply))
+        return result
 
     def renew(self, key: str, owner: str, fence: int, ttl: float) -> bool:
         # Sent again after a lost reply, the script finds the same value and answers 1.
-        with _as_store_unavailable(key):
+        with as_store_unavailable(key):
             reply = self._runner.evalsha(
-                self._renew, 1, self.lease_key(key), f"{fence}:{owner}", ttl_ms(ttl)
+                self._renew, *renew_call(key_prefix(self._prefix, key), owner, fence, ttl)
             )
         return bool(reply == 1)
 
     def release(self, key: str, owner: str, fence: int) -> bool:
-        prefix = f"{self._prefix}:{{{key}}}:"
-        with _as_store_unavailable(key):
+        kp = key_prefix(self._prefix, key)
+        with as_store_unavailable(key):
             reply = self._runner.evalsha(
-                self._release,
-                4,
-                prefix + "lease",
-                prefix + "queue",
-                prefix + "woken",
-                prefix + "attempt",
-                f"{fence}:{owner}",
-                prefix + "released:",
-                HANDOVER_MS,
-                self._after_us,
-                os.urandom(8).hex(),
+                self._release, *release_call(kp, owner, fence, self._after_us, os.urandom(8).hex())
             )
         return bool(reply == 1)
 
     def holder(self, key: str) -> Holder | None:
-        with _as_store_unavailable(key):
+        with as_store_unavailable(key):
             reply = self._runner.evalsha(self._holder, 1, self.lease_key(key))
         if reply is None:
             return None
-        found = _holder(key, reply)
+        found = parse_holder(key, reply)
         return None if found.owner == HANDOVER_OWNER and found.fence == 0 else found
 
     def holders(self) -> list[Holder]:
-        pattern = _glob_escape(f"{self._prefix}:{{") + "*}:lease"
+        pattern = glob_escape(f"{self._prefix}:{{") + "*}:lease"
         head = len(self._prefix) + 2
         found: list[Holder] = []
-        with _as_store_unavailable(None):
-            names = sorted({_text(n) for n in self._client.scan_iter(match=pattern, count=500)})
+        with as_store_unavailable(None):
+            names = sorted({as_text(n) for n in self._client.scan_iter(match=pattern, count=500)})
         for name in names:
             h = self.holder(name[head : -len("}:lease")])
             if h is not None:
@@ -713,18 +758,9 @@ class RedisStore(LeaseStore):
         return found
 
     def break_lease(self, key: str) -> int:
-        with _as_store_unavailable(key):
-            reply = self._runner.evalsha(
-                self._break,
-                4,
-                self.lease_key(key),
-                self.fence_key(key),
-                self.queue_key(key),
-                self.woken_key(key),
-                self.channel(key) + ":",
-                HANDOVER_MS,
-                self._after_us,
-            )
+        kp = key_prefix(self._prefix, key)
+        with as_store_unavailable(key):
+            reply = self._runner.evalsha(self._break, *break_call(kp, self._after_us))
         return int(reply)
 
     def release_waiter(self, key: str) -> ReleaseWaiter:
@@ -740,12 +776,12 @@ class RedisStore(LeaseStore):
             found = None
         waiter = found or _PubSubWaiter(self, key)
         try:
-            with _as_store_unavailable(key):
+            with as_store_unavailable(key):
                 place = self._runner.evalsha(self._register, 1, self.queue_key(key), waiter.id)
         except StoreUnavailable:
             waiter.discard()
             raise
-        waiter.place = _text(place)
+        waiter.place = as_text(place)
         waiter.window_ends = time.monotonic() + self._after_us / 1_000_000
         waiter.queued = True
         waiter.told = waiter.lost = False
@@ -767,14 +803,9 @@ class RedisStore(LeaseStore):
             try:
                 self._runner.evalsha(
                     self._unregister,
-                    3,
-                    self.lease_key(waiter.key),
-                    self.queue_key(waiter.key),
-                    self.woken_key(waiter.key),
-                    waiter.id,
-                    self.channel(waiter.key) + ":",
-                    HANDOVER_MS,
-                    self._after_us,
+                    *unregister_call(
+                        key_prefix(self._prefix, waiter.key), waiter.id, self._after_us
+                    ),
                 )
             except _ERRORS:
                 waiter.discard()  # it expires from the queue: no notice reaches it
@@ -849,7 +880,7 @@ class ReplicatedRedisStore(RedisStore):
     def _renew_and_wait(self, key: str, owner: str, fence: int, ttl: float) -> bool:
         """Renew, then WAIT on the same connection; True when renewed (and replicated)."""
         timeout_ms = max(1, round(self.replica_timeout * 1000))
-        with _as_store_unavailable(key):
+        with as_store_unavailable(key):
             for attempt in (0, 1):
                 node = self._node_client(key)
                 pipe = node.pipeline(transaction=False)
@@ -866,7 +897,7 @@ class ReplicatedRedisStore(RedisStore):
                 except NoScriptError:
                     if attempt:
                         raise
-                    self._renew.sha = _text(node.script_load(RENEW_SCRIPT))
+                    self._renew.sha = as_text(node.script_load(RENEW_SCRIPT))
                     continue
                 except (MovedError, redis.ConnectionError):
                     if attempt or not isinstance(self.client, RedisCluster):

@@ -218,9 +218,7 @@ def _load_value(value: object, column: Column) -> Any:
     return to_json_value(value, column.type)
 
 
-def _load_ndjson(
-    client: Any, table: str, fields: list[Any], ndjson: bytes, timeout: float
-) -> None:
+def _load_ndjson(client: Any, table: str, fields: list[Any], ndjson: bytes, timeout: float) -> None:
     from google.cloud import bigquery
 
     load = client.load_table_from_file(

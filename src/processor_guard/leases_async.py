@@ -1,0 +1,248 @@
+"""``async with date_lock(...)`` and ``@guarded`` on ``async def run``.
+
+The lease, its checks, its loss and its release decisions are those of ``leases``; this
+module only awaits the store instead of calling it:
+
+- Renewal is a task on the lease's event loop, started ttl/3 after the acquisition (a
+  timer until then: a short block costs no task). The keeper thread cannot renew an
+  async store: its client belongs to the loop. A blocked loop renews nothing, and hides
+  nothing either: ``check()`` compares the lease's own deadline with the clock, so the
+  first check after the deadline raises LeaseLost, as does leaving the block.
+- A cancelled task still releases its leases (the release is shielded from a second
+  cancellation); an acquisition attempt or a waiter's queueing cut short by a
+  cancellation is completed and then undone, so no lease or queue place is left behind.
+- ``current_lease()`` reads a context variable: tasks created inside the block copy it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from .errors import ConfigError, LeaseLost, LockBusy
+from .leases import STORE_ENV, Lease, date_lock
+from .stores import (
+    AcquireResult,
+    AsyncLeaseStore,
+    AsyncReleaseWaiter,
+    LeaseStore,
+    as_async,
+    open_async_store,
+)
+
+if TYPE_CHECKING:
+    import contextvars
+    import datetime as dt
+
+    from .leases import DateLock
+
+__all__ = ["AsyncHold", "guard_coroutine", "resolve_async_store"]
+
+log = logging.getLogger("processor_guard.leases")
+T = TypeVar("T")
+
+# Async stores opened from a URL, per event loop (a Redis asyncio client is bound to the
+# loop it connected on), and the async faces of store objects passed in.
+_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AsyncLeaseStore]] = (
+    weakref.WeakKeyDictionary()
+)
+_adapted: weakref.WeakKeyDictionary[LeaseStore, AsyncLeaseStore] = weakref.WeakKeyDictionary()
+
+
+def resolve_async_store(store: object) -> AsyncLeaseStore:
+    """The async store for ``store=``: an AsyncLeaseStore as is, a LeaseStore's async
+    face, or the store a URL (or ``PROCESSOR_GUARD_STORE``) names on this loop."""
+    if isinstance(store, AsyncLeaseStore):
+        return store
+    if isinstance(store, LeaseStore):
+        found = _adapted.get(store)
+        if found is None:
+            found = _adapted[store] = as_async(store)
+        return found
+    url = store if store is not None else os.environ.get(STORE_ENV)
+    if not url:
+        raise ConfigError(f"no lease store: pass store= or set {STORE_ENV}")
+    if not isinstance(url, str):
+        raise ConfigError(f"store must be a lease store or a URL string, got {url!r}")
+    opened = _by_loop.setdefault(asyncio.get_running_loop(), {})
+    if url not in opened:
+        opened[url] = open_async_store(url)
+    return opened[url]
+
+
+async def _even_if_cancelled(
+    step: Coroutine[Any, Any, T], undo: Callable[[T], Awaitable[object]]
+) -> T:
+    """Await ``step``; if the caller is cancelled meanwhile, let it finish, ``undo`` its
+    result, then let the cancellation through."""
+    task = asyncio.ensure_future(step)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await undo(await task)
+        raise
+
+
+async def _acquire(store: AsyncLeaseStore, request: Any) -> Lease:
+    """leases._acquire, awaited: attempts until acquired or the wait budget is spent."""
+    key, owner, ttl, clock = request.key, request.owner, request.ttl, request.clock
+    give_up = clock() + request.wait
+
+    async def give_back(result: AcquireResult) -> None:
+        if result.acquired and result.fence is not None:
+            await store.release(key, owner, result.fence)
+
+    attempt = 0
+    waiter: AsyncReleaseWaiter | None = None
+    try:
+        while True:
+            started = clock()
+            trying = store.try_acquire(key, owner, ttl, waiter=waiter)
+            result = await _even_if_cancelled(trying, give_back)
+            if result.acquired:
+                assert result.fence is not None
+                lease: Lease = request.new_lease(store, result.fence, started)
+                return lease
+            pause = request.next_pause(result.holder, give_up, attempt)
+            if waiter is None:
+                # Queue before the next attempt so a release in between is not missed.
+                waiter = await _even_if_cancelled(store.release_waiter(key), _close)
+                continue
+            await waiter.wait(pause)
+            attempt += 1
+    finally:
+        if waiter is not None:
+            await asyncio.shield(waiter.close())
+
+
+async def _close(waiter: AsyncReleaseWaiter) -> None:
+    await waiter.close()
+
+
+async def _keep(lease: Lease, store: AsyncLeaseStore) -> None:
+    """Renew ``lease`` every ttl/3 until it ends; mark it lost at its deadline."""
+    clock = lease._clock
+    next_renewal = clock()
+    while lease.active:
+        now = clock()
+        left = lease.remaining
+        if left <= 0:
+            lease._expire_if_due()
+            return
+        if now < next_renewal:
+            await asyncio.sleep(min(next_renewal - now, left))
+            continue
+        try:
+            # A renewal answered after the deadline is worth nothing: stop waiting then.
+            renewing = store.renew(lease.key, lease.owner, lease.fence, lease.ttl)
+            ok = await asyncio.wait_for(renewing, timeout=max(left, 0.001))
+        except asyncio.TimeoutError:
+            follow = lease._renew_failed(TimeoutError("no answer before the lease's deadline"))
+        except Exception as exc:
+            follow = lease._renew_failed(exc)
+        else:
+            follow = lease._renewed(ok, now)
+        if follow is None:
+            return
+        next_renewal = follow
+
+
+async def _finish(lease: Lease, store: AsyncLeaseStore) -> str | None:
+    """Lease._finish, awaited; shielded, so a second cancellation cannot stop it."""
+    must_release, reason = lease._finish_start()
+    if not must_release:
+        return reason
+    try:
+        freed = await asyncio.shield(store.release(lease.key, lease.owner, lease.fence))
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        lease._release_failed(exc)
+        return None
+    return lease._release_answered(freed)
+
+
+class AsyncHold:
+    """One ``async with date_lock(...)`` block: acquisition, renewal and release."""
+
+    def __init__(self, request: Any) -> None:
+        self._request = request
+        self._lease: Lease | None = None
+        self._store: AsyncLeaseStore | None = None
+        self._token: contextvars.Token[tuple[Lease, ...]] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._keeper: asyncio.Task[None] | None = None
+
+    async def enter(self) -> Lease:
+        request = self._request
+        store = resolve_async_store(request.store)
+        store.check_key(request.key)
+        request.refuse_nested(store)
+        lease = await _acquire(store, request)
+        self._lease, self._store = lease, store
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(lease.ttl / 3, self._start_keeping)
+        request.announce(lease)
+        self._token = request.enter(lease)
+        return lease
+
+    def _start_keeping(self) -> None:
+        lease, store = self._lease, self._store
+        if lease is not None and store is not None and lease.active:
+            self._keeper = asyncio.get_running_loop().create_task(_keep(lease, store))
+
+    async def exit(self, body_error: BaseException | None) -> None:
+        lease, store, token = self._lease, self._store, self._token
+        assert lease is not None and store is not None and token is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._keeper is not None:
+            self._keeper.cancel()
+        self._request.leave(token, lease)
+        lost_reason = await _finish(lease, store)
+        if lost_reason is not None and body_error is None:
+            raise LeaseLost(lease.key, lease.owner, lease.fence, lost_reason)
+
+
+def guard_coroutine(
+    run: Callable[..., Awaitable[Any]],
+    scope_and_dates: Callable[[Any, Any], tuple[str, list[dt.date]]],
+    *,
+    budget: float,
+    on_busy: Literal["raise", "skip"],
+    lock_options: dict[str, Any],
+) -> Callable[..., Awaitable[Any]]:
+    """``guarded``'s wrapper for ``async def run(self, opts)``: every date locked in
+    order with one wait budget, the leases one group, released when ``run`` returns."""
+
+    @functools.wraps(run)
+    async def wrapper(self: Any, opts: Any, *args: Any, **kwargs: Any) -> Any:
+        scope, days = scope_and_dates(self, opts)
+        give_up = time.monotonic() + budget
+        async with contextlib.AsyncExitStack() as held:
+            leases: list[Lease] = []
+            for day in days:
+                lock: DateLock = date_lock(
+                    scope, day, wait=max(0.0, give_up - time.monotonic()), **lock_options
+                )
+                try:
+                    leases.append(await held.enter_async_context(lock))
+                except LockBusy as busy:
+                    if on_busy == "skip":
+                        log.warning("skipping %s: %s", run.__qualname__, busy)
+                        return False
+                    raise
+            group = tuple(leases)
+            for lease in leases:
+                lease.group = group
+            return await run(self, opts, *args, **kwargs)
+
+    return wrapper

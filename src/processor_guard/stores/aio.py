@@ -1,0 +1,189 @@
+"""The asyncio face of the lease stores: one interface, and the store for a URL.
+
+Redis gets a store of its own on ``redis.asyncio`` (``redis_aio``), running the same
+Lua scripts. Every other store is driven through :class:`ThreadedStore`: the memory
+store's calls are dictionary updates under a lock, made on the loop; SQLite's and
+Firestore's calls may wait (a file lock, a network round trip) and run on a small
+thread pool of the store's own, so they never block the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar, TypeVar
+
+from .._backoff import full_jitter
+from .base import AcquireResult, Holder, LeaseStore
+from .memory import MemoryStore
+
+__all__ = [
+    "AsyncLeaseStore",
+    "AsyncPollingWaiter",
+    "AsyncReleaseWaiter",
+    "ThreadedStore",
+    "open_async_store",
+]
+
+T = TypeVar("T")
+
+# A polling waiter sleeps a jittered slice of its timeout growing from 2 ms to 25 ms: the
+# acquisition loop's own pause (up to 1 s) bounds it from above.
+POLL_BASE = 0.002
+POLL_CAP = 0.025
+# Threads one ThreadedStore may keep busy; a call beyond waits for a free one.
+MAX_THREADS = 16
+
+
+class AsyncReleaseWaiter(ABC):
+    """Waits for a release notice on one key; used between acquisition attempts."""
+
+    @abstractmethod
+    async def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds; True when woken by a release notice."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook; most waiters hold nothing
+        """Stop listening, leaving no trace of this waiter in the store."""
+
+
+class AsyncPollingWaiter(AsyncReleaseWaiter):
+    """A waiter for stores without release notices: it sleeps a short backoff slice."""
+
+    def __init__(self) -> None:
+        self._polls = 0
+
+    async def wait(self, timeout: float) -> bool:
+        if timeout > 0:
+            await asyncio.sleep(min(timeout, full_jitter(POLL_BASE, POLL_CAP, self._polls)))
+            self._polls += 1
+        return False
+
+
+class AsyncLeaseStore(ABC):
+    """:class:`~processor_guard.stores.LeaseStore`'s contract, with coroutines.
+
+    ``try_acquire`` takes the waiter the caller is waiting with (from
+    ``release_waiter``), so a store with a queue of waiters acquires as that waiter.
+    """
+
+    scheme: ClassVar[str] = ""
+
+    @abstractmethod
+    def check_key(self, key: str) -> None:
+        """ConfigError when ``key`` is longer than this store can hold (nothing written)."""
+
+    @abstractmethod
+    async def try_acquire(
+        self, key: str, owner: str, ttl: float, *, waiter: AsyncReleaseWaiter | None = None
+    ) -> AcquireResult:
+        """Take ``key`` for ``ttl`` seconds if free or expired (a strictly greater fence)."""
+
+    @abstractmethod
+    async def renew(self, key: str, owner: str, fence: int, ttl: float) -> bool:
+        """Extend the lease to ``ttl`` seconds from now; False when it is no longer ours."""
+
+    @abstractmethod
+    async def release(self, key: str, owner: str, fence: int) -> bool:
+        """Free the lease if it is still ours; True when this call freed it."""
+
+    @abstractmethod
+    async def holder(self, key: str) -> Holder | None:
+        """The live holder of ``key``, or None when free or expired."""
+
+    @abstractmethod
+    async def holders(self) -> list[Holder]:
+        """Every live holder in this store."""
+
+    @abstractmethod
+    async def break_lease(self, key: str) -> int:
+        """Free ``key`` whoever holds it and raise its fence; returns the raised fence."""
+
+    async def release_waiter(self, key: str) -> AsyncReleaseWaiter:
+        """A waiter woken when ``key`` is released (stores without notices poll)."""
+        return AsyncPollingWaiter()
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing
+        """Release client resources owned by this store."""
+
+
+class ThreadedStore(AsyncLeaseStore):
+    """A synchronous store behind the async interface.
+
+    ``inline=True`` calls it on the loop (for a store whose calls never wait, the
+    memory store); otherwise each call runs on this adapter's own threads, so a slow
+    store holds up neither the loop nor the default executor.
+    """
+
+    def __init__(self, store: LeaseStore, *, inline: bool = False) -> None:
+        self.store = store
+        self.scheme = store.scheme  # type: ignore[misc]
+        self._inline = inline
+        self._pool: ThreadPoolExecutor | None = None
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._inline:
+            return fn(*args)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(MAX_THREADS, thread_name_prefix="processor_guard-aio")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args))
+
+    def check_key(self, key: str) -> None:
+        self.store.check_key(key)
+
+    async def try_acquire(
+        self, key: str, owner: str, ttl: float, *, waiter: AsyncReleaseWaiter | None = None
+    ) -> AcquireResult:
+        return await self._call(self.store.try_acquire, key, owner, ttl)
+
+    async def renew(self, key: str, owner: str, fence: int, ttl: float) -> bool:
+        return await self._call(self.store.renew, key, owner, fence, ttl)
+
+    async def release(self, key: str, owner: str, fence: int) -> bool:
+        return await self._call(self.store.release, key, owner, fence)
+
+    async def holder(self, key: str) -> Holder | None:
+        return await self._call(self.store.holder, key)
+
+    async def holders(self) -> list[Holder]:
+        return await self._call(self.store.holders)
+
+    async def break_lease(self, key: str) -> int:
+        return await self._call(self.store.break_lease, key)
+
+    async def aclose(self) -> None:
+        """Stop this adapter's threads; the wrapped store stays open (it is the caller's)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
+    def __repr__(self) -> str:
+        return f"<ThreadedStore {self.store!r}>"
+
+
+def as_async(store: LeaseStore) -> AsyncLeaseStore:
+    """The async face of a synchronous store object (calls run on threads, except the
+    memory store's). Pass an ``AsyncRedisStore`` (or a ``redis://`` URL) for Redis's
+    native asyncio client."""
+    return ThreadedStore(store, inline=isinstance(store, MemoryStore))
+
+
+def open_async_store(url: str) -> AsyncLeaseStore:
+    """The async store a URL names (see :func:`~processor_guard.stores.open_store`):
+    ``redis://`` and ``rediss://`` on ``redis.asyncio``; the others through
+    :class:`ThreadedStore`. Bound to the running event loop for Redis."""
+    from . import open_store
+
+    store = open_store(url)  # validates the URL, whatever the scheme
+    scheme, _, rest = url.strip().partition("://")
+    if scheme.lower() in ("redis", "rediss"):
+        from .redis_aio import AsyncRedisStore
+
+        with contextlib.closing(store):
+            # redis-py knows its schemes in lower case only.
+            return AsyncRedisStore.from_url(f"{scheme.lower()}://{rest}")
+    return as_async(store)
