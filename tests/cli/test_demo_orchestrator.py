@@ -22,10 +22,7 @@ from processor_guard.demo.runner import (
 MESSAGES: list[dict[str, Any]] = [
     {"event": "completion-message", "table": "player_game_summary", "rows": 70},
     {"event": "completion-message", "table": "player_game_summary", "rows": 348},
-    *(
-        {"event": "completion-message", "table": t, "rows": 20}
-        for t in EXPECTED_PROCESSORS[1:]
-    ),
+    *({"event": "completion-message", "table": t, "rows": 20} for t in EXPECTED_PROCESSORS[1:]),
     {"event": "completion-message", "table": EXPECTED_PROCESSORS[1], "rows": 20, "duplicate": True},
 ]
 
@@ -105,5 +102,7 @@ def test_a_replay_that_is_not_clean_says_why() -> None:
     )
     assert result.problems() == ["instance-2: StoreUnavailable: redis down"]
     assert result.clean is False
-    assert RunResult("guarded", player_rows=348, unique_keys=348, completion_count=5,
-                     triggers=1).clean is True
+    assert (
+        RunResult("guarded", player_rows=348, unique_keys=348, completion_count=5, triggers=1).clean
+        is True
+    )

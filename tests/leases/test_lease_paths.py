@@ -244,12 +244,12 @@ def test_leaving_the_block_from_another_thread_still_releases() -> None:
 # ------------------------------------------------------------------ 6. async
 
 
-def test_guarded_refuses_async_functions_when_decorating() -> None:
-    with pytest.raises(ConfigError, match="async"):
+def test_guarded_refuses_async_generators_when_decorating() -> None:
+    with pytest.raises(ConfigError, match="async generator"):
 
         @guarded("pgs", store=MemoryStore())
-        async def run(self: Any, opts: dict[str, Any]) -> bool:
-            return True
+        async def run(self: Any, opts: dict[str, Any]) -> Any:
+            yield True
 
 
 # ------------------------------------------------------------------ 10. lost is a boolean

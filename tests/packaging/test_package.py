@@ -60,8 +60,15 @@ def test_a_fresh_venv_with_only_the_duckdb_extra_runs_the_demo(tmp_path: Path) -
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
     install = subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-         f"{ROOT}[duckdb]"],
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            f"{ROOT}[duckdb]",
+        ],
         capture_output=True,
         text=True,
         timeout=600,

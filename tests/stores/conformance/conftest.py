@@ -8,16 +8,25 @@ backing data the way real incidents do (a deleted lease record, a lost fence rec
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
+import processor_guard
 from fixtures.services import RedisServer
-from processor_guard.stores import LeaseStore, MemoryStore
+from processor_guard.leases import Lease
+from processor_guard.stores import AsyncLeaseStore, LeaseStore, MemoryStore, open_async_store
+from processor_guard.stores.aio import as_async
+
+T = TypeVar("T")
 
 TOPOLOGY_KINDS = ("redis-cluster", "redis-sentinel", "redis-tls")
 KINDS = [
@@ -32,6 +41,67 @@ KINDS = [
     *(pytest.param(kind, marks=pytest.mark.redis) for kind in TOPOLOGY_KINDS),
 ]
 CROSS_PROCESS_KINDS = KINDS[1:]
+# Every test on a kit runs on both APIs: ``with date_lock`` and ``async with date_lock``
+# (the test body drives the async one through AsyncBridge).
+APIS = ("sync", "async")
+
+
+def _with_apis(kinds: list[Any]) -> list[Any]:
+    return [
+        pytest.param((p.values[0], api), marks=p.marks, id=f"{p.values[0]}-{api}")
+        for p in kinds
+        for api in APIS
+    ]
+
+
+class AsyncBridge:
+    """An event loop on a thread of its own, so a synchronous test body can enter
+    ``async with date_lock(...)`` blocks whose renewals run on that loop."""
+
+    def __init__(self, kit: StoreKit) -> None:
+        self.kit = kit
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self._stores: dict[int, AsyncLeaseStore] = {}
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 300) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def async_store(self, store: object) -> object:
+        """The kit's store as its native async store (Redis on redis.asyncio)."""
+        if not isinstance(store, LeaseStore):
+            return store
+        if id(store) not in self._stores:
+            native = store is self.kit.store and self.kit.url and self.kit.kind == "redis"
+            self._stores[id(store)] = (
+                open_async_store(self.kit.url) if native and self.kit.url else as_async(store)
+            )
+        return self._stores[id(store)]
+
+    def date_lock(self, *args: Any, store: object = None, **kwargs: Any) -> Any:
+        """``date_lock`` entered with ``async with`` on the bridge's loop."""
+        lock = processor_guard.date_lock(*args, store=self.async_store(store), **kwargs)
+
+        @contextlib.contextmanager
+        def held() -> Iterator[Lease]:
+            lease = self.run(lock.__aenter__())
+            try:
+                yield lease
+            except BaseException as exc:
+                self.run(lock.__aexit__(type(exc), exc, exc.__traceback__))
+                raise
+            self.run(lock.__aexit__(None, None, None))
+
+        return held()
+
+    def close(self) -> None:
+        for store in self._stores.values():
+            with contextlib.suppress(Exception):
+                self.run(store.aclose(), timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
 
 
 @dataclass
@@ -46,6 +116,8 @@ class StoreKit:
     _delete_lease: Callable[[LeaseStore, str], None] | None = None
     _forget: Callable[[LeaseStore, str], None] | None = None
     opened: list[LeaseStore] = field(default_factory=list)
+    api: str = "sync"
+    bridge: AsyncBridge | None = None
 
     def reconnect(self) -> LeaseStore:
         """A second store object with its own connection on the same data."""
@@ -70,6 +142,8 @@ class StoreKit:
         return {**os.environ, **self.env}
 
     def close(self) -> None:
+        if self.bridge is not None:
+            self.bridge.close()
         for store in [*self.opened, self.store]:
             store.close()
 
@@ -203,20 +277,38 @@ def build_kit(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Stor
     raise AssertionError(f"unknown store kind {kind!r}")
 
 
-@pytest.fixture(params=KINDS)
-def kit(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreKit]:
-    """Every store kind in turn."""
-    built = build_kit(request.param, request, tmp_path)
+def _kit_for(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> StoreKit:
+    kind, api = request.param
+    built = build_kit(kind, request, tmp_path)
+    built.api = api
+    if api == "async":
+        built.bridge = AsyncBridge(built)
+        # The test module's date_lock becomes the async one, driven through the bridge.
+        if hasattr(request.module, "date_lock"):
+            monkeypatch.setattr(request.module, "date_lock", built.bridge.date_lock)
+    return built
+
+
+@pytest.fixture(params=_with_apis(KINDS))
+def kit(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[StoreKit]:
+    """Every store kind in turn, on each API."""
+    built = _kit_for(request, tmp_path, monkeypatch)
     try:
         yield built
     finally:
         built.close()
 
 
-@pytest.fixture(params=CROSS_PROCESS_KINDS)
-def shared_kit(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreKit]:
-    """Every store kind that several OS processes can share."""
-    built = build_kit(request.param, request, tmp_path)
+@pytest.fixture(params=_with_apis(CROSS_PROCESS_KINDS))
+def shared_kit(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[StoreKit]:
+    """Every store kind that several OS processes can share, on each API."""
+    built = _kit_for(request, tmp_path, monkeypatch)
     try:
         yield built
     finally:

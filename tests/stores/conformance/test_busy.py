@@ -124,10 +124,7 @@ class _Recording(ReleaseWaiter):
 
 @pytest.mark.parametrize(
     "kind",
-    [
-        pytest.param(kind, marks=pytest.mark.redis)
-        for kind in ("redis", *TOPOLOGY_KINDS)
-    ],
+    [pytest.param(kind, marks=pytest.mark.redis) for kind in ("redis", *TOPOLOGY_KINDS)],
 )
 def test_redis_handoff_is_woken_by_the_release_notice(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path

@@ -60,6 +60,11 @@ def test_renew_checks_owner_and_fence(kit: StoreKit, key: str) -> None:
 def test_nested_leases_and_current_lease(kit: StoreKit) -> None:
     from processor_guard import current_lease
 
+    if kit.api == "async":
+        # The bridge enters each block in a task of its own; the async API's
+        # current_lease is covered in tests/leases/test_async.py.
+        pytest.skip("current_lease is per task: not visible from the bridged test body")
+
     with date_lock("pgs", "2026-02-01", store=kit.store, ttl=10) as outer:
         assert current_lease() is outer
         with date_lock("pgs", "2026-02-02", store=kit.store, ttl=10) as inner:
