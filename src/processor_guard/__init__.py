@@ -44,13 +44,14 @@ if TYPE_CHECKING:
     )
     from .writes.dedup import TABLES, DedupReport, TableSpec, dedupe_rows
     from .writes.inspect import find_duplicates
-    from .writes.merge import MergeResult, safe_merge
+    from .writes.merge import MergeResult, asafe_merge, safe_merge
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
     # leases
     "date_lock": "leases",
+    "DateLock": "leases",
     "guarded": "leases",
     "current_lease": "leases",
     "bind_leases": "leases",
@@ -81,6 +82,7 @@ _EXPORTS = {
     "TABLES": "tables",
     # merge
     "safe_merge": "writes.merge",
+    "asafe_merge": "writes.merge",
     "MergeResult": "writes.merge",
     # completion and health
     "CompletionTracker": "completion.tracker",
@@ -94,6 +96,7 @@ __all__ = [
     "CompletionState",
     "CompletionTracker",
     "ConfigError",
+    "DateLock",
     "DedupReport",
     "FirestoreStore",
     "GuardError",
@@ -113,6 +116,7 @@ __all__ = [
     "StaleFence",
     "StoreUnavailable",
     "TableSpec",
+    "asafe_merge",
     "bind_leases",
     "current_lease",
     "date_lock",

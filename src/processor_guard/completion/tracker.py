@@ -8,6 +8,7 @@ trigger. Every change is one optimistic compare-and-set (see ``documents``).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import re
@@ -121,6 +122,11 @@ class CompletionTracker:
         day = parse_game_date(game_date).isoformat()
         data, exists = self._documents().read(day)
         return self._rules().state(day, data, exists=exists)
+
+    async def arecord(self, *args: Any, **kwargs: Any) -> CompletionState:
+        """:meth:`record` for async code, same arguments: the document store's client
+        is synchronous, so it runs on a worker thread while the event loop goes on."""
+        return await asyncio.to_thread(self.record, *args, **kwargs)
 
     def record(
         self,

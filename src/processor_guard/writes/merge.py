@@ -6,6 +6,7 @@ the partition values in the batch, updating only the columns the batch carries.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -39,7 +40,7 @@ from ..tables import TABLES
 from .dedup import DedupReport, dedupe_rows
 from .warehouse import Column, MergeOutcome, MergePlan, Warehouse, as_warehouse
 
-__all__ = ["MergeResult", "safe_merge"]
+__all__ = ["MergeResult", "asafe_merge", "safe_merge"]
 
 log = logging.getLogger(__name__)
 
@@ -442,3 +443,12 @@ def _merge_with_retries(
             log.error("could not write replay file %s: %r", path, write_exc)
             written = None
         raise MergeFailed(table, attempts, last, converted, written) from last
+
+
+async def asafe_merge(*args: Any, **kwargs: Any) -> MergeResult:
+    """:func:`safe_merge` for async code, same arguments: it runs on a worker thread
+    (the warehouse clients are synchronous) while the event loop goes on. The thread
+    carries this task's leases, so every attempt is checked against them and fenced
+    exactly as in ``safe_merge``."""
+    # to_thread runs in a copy of this task's context: current_lease() sees its leases.
+    return await asyncio.to_thread(safe_merge, *args, **kwargs)
