@@ -54,7 +54,7 @@ def attempt(name: str, fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
 
 
 def main() -> int:
-    from benchmarks import bench_firestore, bench_locks, bench_topologies, report
+    from benchmarks import bench_async_locks, bench_firestore, bench_locks, bench_topologies, report
 
     started = dt.datetime.now(dt.timezone.utc)
     results: dict[str, Any] = {
@@ -64,6 +64,7 @@ def main() -> int:
     redis = attempt("redis locks", bench_locks.run)
     results["machine"]["redis_server"] = redis.pop("redis_version", None)
     results["redis"] = redis
+    results["redis_async"] = attempt("redis async locks", bench_async_locks.run)
     results["redis_topologies"] = attempt("redis cluster and sentinel", bench_topologies.run)
     results["firestore"] = attempt("firestore emulator", bench_firestore.run)
     try:
