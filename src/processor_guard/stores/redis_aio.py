@@ -26,7 +26,7 @@ from .base import AcquireResult, Holder, check_key_bytes
 from .redis_store import (
     ACQUIRE_SCRIPT,
     BREAK_SCRIPT,
-    CONNECT_TIMEOUT,
+    CLIENT_TIMEOUTS,
     HANDOFF_AFTER,
     HANDOVER_OWNER,
     HOLDER_SCRIPT,
@@ -163,12 +163,7 @@ class AsyncRedisStore(AsyncLeaseStore):
         cls, url: str, *, prefix: str = "processor_guard", handoff_after: float = HANDOFF_AFTER
     ) -> AsyncRedisStore:
         """A store on a new asyncio client for ``url``, with RedisStore's short timeouts."""
-        client = aioredis.Redis.from_url(
-            url,
-            socket_connect_timeout=CONNECT_TIMEOUT,
-            socket_timeout=SOCKET_TIMEOUT,
-            retry=Retry(NoBackoff(), 1),
-        )
+        client = aioredis.Redis.from_url(url, **CLIENT_TIMEOUTS, retry=Retry(NoBackoff(), 1))
         return cls(client, prefix=prefix, handoff_after=handoff_after)
 
     async def evalsha(self, script: str, numkeys: int, *keys_and_args: str | int) -> Any:

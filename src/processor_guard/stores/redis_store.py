@@ -258,6 +258,10 @@ HANDOFF_AFTER = 0.1
 # connection after a server restart) is all it gets.
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0
+CLIENT_TIMEOUTS: dict[str, Any] = {
+    "socket_connect_timeout": CONNECT_TIMEOUT,
+    "socket_timeout": SOCKET_TIMEOUT,
+}
 # A cluster client's "no node reachable" is not a RedisError.
 _ERRORS = (redis.RedisError, RedisClusterException, OSError)
 # A single node's (or a Sentinel-managed primary's) client, or a cluster's.
@@ -655,12 +659,7 @@ class RedisStore(LeaseStore):
         cls, url: str, *, prefix: str = "processor_guard", handoff_after: float = HANDOFF_AFTER
     ) -> RedisStore:
         """A store on a new client for ``url``, with short timeouts so outages surface fast."""
-        client = redis.Redis.from_url(
-            url,
-            socket_connect_timeout=CONNECT_TIMEOUT,
-            socket_timeout=SOCKET_TIMEOUT,
-            retry=Retry(NoBackoff(), 1),
-        )
+        client = redis.Redis.from_url(url, **CLIENT_TIMEOUTS, retry=Retry(NoBackoff(), 1))
         return cls(client, prefix=prefix, handoff_after=handoff_after)
 
     @property
