@@ -44,16 +44,22 @@ class PlayerGameSummary:
         rows, _report = dedupe_rows(self.build_rows(opts), keys=SPEC.keys, order_by="processed_at")
         safe_merge(self.warehouse, TABLE, rows, keys=SPEC.keys, partition_field="game_date")
         self.tracker.record(
-            opts["end_date"], "player_game_summary",
-            execution_id=opts["run_id"], record_count=len(rows),
+            opts["end_date"],
+            "player_game_summary",
+            execution_id=opts["run_id"],
+            record_count=len(rows),
         )
         return True
 
     def build_rows(self, opts: dict[str, str]) -> list[dict[str, object]]:
         now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         rows = [
-            {"game_date": dt.date.fromisoformat(opts["end_date"]), "player_lookup": f"player{i}",
-             "points": i % 40, "processed_at": now}
+            {
+                "game_date": dt.date.fromisoformat(opts["end_date"]),
+                "player_lookup": f"player{i}",
+                "points": i % 40,
+                "processed_at": now,
+            }
             for i in range(348)
         ]
         return rows + rows[:35]  # a redelivered game: dedupe_rows drops it
@@ -80,15 +86,18 @@ def main(folder: Path) -> int:
         f"SELECT COUNT(*), COUNT(DISTINCT player_lookup) FROM {TABLE}"
     ).fetchone() or (0, 0)
     helpers = sorted(
-        name for (name,) in con.execute(
+        name
+        for (name,) in con.execute(
             "SELECT table_name FROM information_schema.tables "
             "WHERE table_name LIKE '%\\_\\_pg\\_guard' ESCAPE '\\'"
         ).fetchall()
     )
     con.close()
     state = tracker.state(DAY)
-    print(f"{rows} rows, {players} players; completion {state.count}/{len(state.expected)}; "
-          f"triggered: {state.triggered}; helper tables: {', '.join(helpers)}")
+    print(
+        f"{rows} rows, {players} players; completion {state.count}/{len(state.expected)}; "
+        f"triggered: {state.triggered}; helper tables: {', '.join(helpers)}"
+    )
     return 0
 
 

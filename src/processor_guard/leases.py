@@ -938,6 +938,25 @@ def _opts_dates(opts: object) -> list[dt.date]:
     return date_range(start, end)
 
 
+def _guard_async(
+    run: Callable[..., Any],
+    scope: str | Callable[[Any], str],
+    budget: float,
+    on_busy: Literal["raise", "skip"],
+    lock_options: dict[str, Any],
+) -> Callable[..., Any]:
+    """guarded's wrapper of an ``async def run`` (built in leases_async)."""
+    from .leases_async import guard_coroutine
+
+    def scope_and_dates(self: Any, opts: Any) -> tuple[str, list[dt.date]]:
+        days = _opts_dates(opts)
+        return _check_scope(scope(self) if callable(scope) else scope), days
+
+    return guard_coroutine(
+        run, scope_and_dates, budget=budget, on_busy=on_busy, lock_options=lock_options
+    )
+
+
 def guarded(
     scope: str | Callable[[Any], str],
     *,
@@ -970,20 +989,8 @@ def guarded(
                 "its body would run after the leases were released"
             )
         if inspect.iscoroutinefunction(run):
-            from .leases_async import guard_coroutine
-
-            def scope_and_dates(self: Any, opts: Any) -> tuple[str, list[dt.date]]:
-                days = _opts_dates(opts)
-                return _check_scope(scope(self) if callable(scope) else scope), days
-
-            wrapped = guard_coroutine(
-                run,
-                scope_and_dates,
-                budget=budget,
-                on_busy=on_busy,
-                lock_options={"store": store, "ttl": ttl, **lock_options},
-            )
-            return wrapped  # type: ignore[return-value]
+            options = {"store": store, "ttl": ttl, **lock_options}
+            return _guard_async(run, scope, budget, on_busy, options)  # type: ignore[return-value]
 
         @functools.wraps(run)
         def wrapper(self: Any, opts: Any, *args: Any, **kwargs: Any) -> Any:
