@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, ParamSpec, TypeVar
@@ -794,6 +794,13 @@ def bind_leases(fn: Callable[P, R]) -> Callable[P, R]:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: Where ``guarded`` finds a run's dates: None (opts' start_date..end_date), the name of
+#: a key of opts (a date, an ISO string or a list of them) or ``opts -> date(s)``.
+DatesFrom = str | Callable[[Any], object] | None
+# A plain function's dates are found in its first argument; a method's in its second.
+_METHOD_FIRST = ("self", "cls")
+
+
 def _opts_dates(opts: object) -> list[dt.date]:
     if not isinstance(opts, dict):
         raise ConfigError(f"opts must be a dict, got {type(opts).__name__}")
@@ -809,26 +816,101 @@ def _opts_dates(opts: object) -> list[dt.date]:
     return date_range(start, end)
 
 
+def _dates_of(value: object, source: str) -> list[dt.date]:
+    """One date or an iterable of dates as a sorted list without repeats."""
+    if value is None:
+        raise ConfigError(f"{source} gave no date (None)")
+    if isinstance(value, (str, dt.date)):
+        return [parse_game_date(value, argument=source)]
+    if isinstance(value, (bytes, dict)) or not hasattr(value, "__iter__"):
+        raise ConfigError(f"{source} must be a date, 'YYYY-MM-DD' or a list of them, got {value!r}")
+    days = {parse_game_date(v, argument=f"{source} item") for v in value}
+    if not days:
+        raise ConfigError(f"{source} gave an empty list of dates")
+    return sorted(days)
+
+
+def _run_dates(dates: DatesFrom, opts: object) -> list[dt.date]:
+    """The dates a guarded run locks, ascending (so two runs never wait on each other)."""
+    if dates is None:
+        return _opts_dates(opts)
+    if isinstance(dates, str):
+        if not isinstance(opts, Mapping):
+            raise ConfigError(f"opts must be a dict with {dates!r}, got {type(opts).__name__}")
+        if dates not in opts:
+            raise ConfigError(f"opts has no {dates!r} (the key guarded(dates=...) names)")
+        return _dates_of(opts[dates], f"opts[{dates!r}]")
+    return _dates_of(dates(opts), "dates(opts)")
+
+
+def _is_method(run: Callable[..., Any]) -> bool:
+    """True when ``run``'s first parameter is ``self`` (or ``cls``): opts is the second."""
+    try:
+        params = list(inspect.signature(run).parameters.values())
+    except (TypeError, ValueError):
+        return True
+    positional = [
+        p
+        for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    if not positional:
+        raise ConfigError(
+            f"guarded needs a function taking opts (or self, opts): {run.__qualname__!r} "
+            "takes no positional argument"
+        )
+    return positional[0].name in _METHOD_FIRST
+
+
+def _reusable(scope: str, day: dt.date, store: LeaseStore | str | None) -> Lease | None:
+    """The lease this context already holds for (scope, day) on the same store: a guarded
+    override calling a guarded ``super().run()`` runs under it instead of waiting on itself."""
+    key = f"{scope}:{day.isoformat()}"
+    for held in held_leases():
+        if held.key == key and held.active and _same_store(held.store, store):
+            return held
+    return None
+
+
+def _same_store(held: LeaseStore, store: LeaseStore | str | None) -> bool:
+    if isinstance(store, LeaseStore):
+        return held is store
+    url = store if store is not None else os.environ.get(STORE_ENV)
+    with _env_lock:
+        return url is not None and _env_stores.get(url) is held
+
+
 def guarded(
     scope: str | Callable[[Any], str],
     *,
+    dates: DatesFrom = None,
     store: LeaseStore | str | None = None,
     ttl: float = 60.0,
     wait: float = 0.0,
     on_busy: Literal["raise", "skip"] = "raise",
     **lock_options: Any,
 ) -> Callable[[F], F]:
-    """Decorate ``run(self, opts)``: lock every date of opts' start..end range first.
+    """Decorate ``run(self, opts)`` or ``process(opts)``: lock every date of the run first.
 
-    ``wait`` is one budget for the whole range. Busy: ``on_busy="raise"`` raises
+    The dates: by default opts' ``start_date..end_date``; ``dates="date"`` reads that
+    key of opts (a date, an ISO string or a list of them); ``dates=callable`` gets opts
+    and returns the same. A function whose first parameter is ``self`` (or ``cls``) is
+    a method, and a callable ``scope`` gets ``self``; otherwise opts is the first
+    argument and a callable ``scope`` gets opts. Dates are locked in ascending order.
+
+    ``wait`` is one budget for all the dates. Busy: ``on_busy="raise"`` raises
     LockBusy (push endpoints answer non-2xx so Pub/Sub redelivers); ``"skip"`` logs a
     WARNING and returns False. Never True for work not done: a date lost during the run
-    stops its writes and raises LeaseLost when the run returns.
+    stops its writes and raises LeaseLost when the run returns. A date this context
+    already holds under the same scope and store (a guarded override calling a guarded
+    ``super().run()``) is run under the held lease, not locked again.
     """
     if on_busy not in ("raise", "skip"):
         raise ConfigError(f"on_busy must be 'raise' or 'skip', got {on_busy!r}")
     if not callable(scope):
         _check_scope(scope)
+    if dates is not None and not callable(dates) and not (isinstance(dates, str) and dates):
+        raise ConfigError(f"dates must be None, a key of opts or a callable, got {dates!r}")
     budget = _check_seconds("wait", wait, positive=False)
 
     def decorate(run: F) -> F:
@@ -838,15 +920,19 @@ def guarded(
                 f"guarded cannot wrap the async function {run.__qualname__!r} yet: "
                 "its body would run after the leases were released"
             )
+        method = _is_method(run)
 
-        @functools.wraps(run)
-        def wrapper(self: Any, opts: Any, *args: Any, **kwargs: Any) -> Any:
-            days = _opts_dates(opts)
-            the_scope = _check_scope(scope(self) if callable(scope) else scope)
+        def locked(scope_arg: Any, opts: Any, call: Callable[[], Any]) -> Any:
+            days = _run_dates(dates, opts)
+            the_scope = _check_scope(scope(scope_arg) if callable(scope) else scope)
             give_up = time.monotonic() + budget
             with ExitStack() as held:
                 leases: list[Lease] = []
                 for day in days:
+                    reused = _reusable(the_scope, day, store)
+                    if reused is not None:
+                        leases.append(reused)
+                        continue
                     try:
                         lease = held.enter_context(
                             date_lock(
@@ -866,8 +952,21 @@ def guarded(
                     leases.append(lease)
                 group = tuple(leases)
                 for lease in leases:
-                    lease.group = group
-                return run(self, opts, *args, **kwargs)
+                    if lease.group == (lease,):
+                        lease.group = group
+                return call()
+
+        if method:
+
+            @functools.wraps(run)
+            def wrapper(self: Any, opts: Any, *args: Any, **kwargs: Any) -> Any:
+                return locked(self, opts, lambda: run(self, opts, *args, **kwargs))
+
+        else:
+
+            @functools.wraps(run)
+            def wrapper(opts: Any, *args: Any, **kwargs: Any) -> Any:
+                return locked(opts, opts, lambda: run(opts, *args, **kwargs))
 
         return wrapper  # type: ignore[return-value]
 
