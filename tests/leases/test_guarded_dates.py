@@ -179,7 +179,7 @@ def test_an_override_without_guarded_runs_unguarded_the_documented_trap() -> Non
     class Override(Base):
         def run(self, opts: dict[str, Any]) -> list[str]:
             before = keys_held()
-            return before + ["|"] + super().run(opts)
+            return [*before, "|", *super().run(opts)]
 
     assert Override().run({"start_date": "2026-02-03"}) == ["|", "pgs:2026-02-03"]
 
