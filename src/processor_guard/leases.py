@@ -880,6 +880,38 @@ def _same_store(held: LeaseStore, store: LeaseStore | str | None) -> bool:
         return url is not None and _env_stores.get(url) is held
 
 
+def _under_leases(
+    scope: str,
+    days: list[dt.date],
+    budget: float,
+    options: dict[str, Any],
+    call: Callable[[], Any],
+    on_busy: Callable[[LockBusy], Any] | None,
+) -> Any:
+    """``call()`` holding (scope, day) for every day, ``budget`` seconds to get them all;
+    a day this context already holds on the same store is not locked again. A busy day
+    raises LockBusy, or returns ``on_busy(busy)`` (a LockBusy of the body is raised)."""
+    give_up = time.monotonic() + budget
+    with ExitStack() as held:
+        leases: list[Lease] = []
+        for day in days:
+            reused = _reusable(scope, day, options["store"])
+            if reused is None:
+                wait = max(0.0, give_up - time.monotonic())
+                try:
+                    reused = held.enter_context(date_lock(scope, day, wait=wait, **options))
+                except LockBusy as busy:
+                    if on_busy is None:
+                        raise
+                    return on_busy(busy)
+            leases.append(reused)
+        group = tuple(leases)
+        for lease in leases:
+            if lease.group == (lease,):
+                lease.group = group
+        return call()
+
+
 def guarded(
     scope: str | Callable[[Any], str],
     *,
@@ -925,36 +957,14 @@ def guarded(
         def locked(scope_arg: Any, opts: Any, call: Callable[[], Any]) -> Any:
             days = _run_dates(dates, opts)
             the_scope = _check_scope(scope(scope_arg) if callable(scope) else scope)
-            give_up = time.monotonic() + budget
-            with ExitStack() as held:
-                leases: list[Lease] = []
-                for day in days:
-                    reused = _reusable(the_scope, day, store)
-                    if reused is not None:
-                        leases.append(reused)
-                        continue
-                    try:
-                        lease = held.enter_context(
-                            date_lock(
-                                the_scope,
-                                day,
-                                store=store,
-                                ttl=ttl,
-                                wait=max(0.0, give_up - time.monotonic()),
-                                **lock_options,
-                            )
-                        )
-                    except LockBusy as busy:
-                        if on_busy == "skip":
-                            log.warning("skipping %s: %s", run.__qualname__, busy)
-                            return False
-                        raise
-                    leases.append(lease)
-                group = tuple(leases)
-                for lease in leases:
-                    if lease.group == (lease,):
-                        lease.group = group
-                return call()
+            options = {"store": store, "ttl": ttl, **lock_options}
+            return _under_leases(the_scope, days, budget, options, call, skip)
+
+        def skip_busy(busy: LockBusy) -> bool:
+            log.warning("skipping %s: %s", run.__qualname__, busy)
+            return False
+
+        skip = skip_busy if on_busy == "skip" else None
 
         if method:
 

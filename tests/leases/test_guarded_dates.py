@@ -206,3 +206,14 @@ def test_reused_lease_is_still_one_per_process_across_threads() -> None:
     finally:
         release.set()
         worker.join(5)
+
+
+def test_on_busy_skip_covers_the_dates_lock_not_a_lockbusy_of_the_body() -> None:
+    store = MemoryStore()
+
+    @guarded("pgs", dates="date", store=store, on_busy="skip")
+    def process(opts: dict[str, Any]) -> bool:
+        raise LockBusy("other:2026-02-03", "someone", 1.0)
+
+    with pytest.raises(LockBusy, match="other:2026-02-03"):
+        process({"date": "2026-02-03"})
