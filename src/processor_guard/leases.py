@@ -278,24 +278,32 @@ class Lease:
         try:
             ok = self.store.renew(self.key, self.owner, self.fence, self.ttl)
         except Exception as exc:
-            self._last_renew_error = exc
-            now = self._clock()
-            if now >= self._deadline:
-                self._mark_lost(self._expiry_reason())
-                return None
-            level = logging.WARNING if isinstance(exc, GuardError) else logging.ERROR
-            log.log(
-                level,
-                "renewal of %s (owner %s, fence %s) failed, %.1fs left: %r",
-                self.key,
-                self.owner,
-                self.fence,
-                self._deadline - now,
-                exc,
-                exc_info=level >= logging.ERROR,
-            )
-            retry_in = min(max(self.ttl / 10, 0.05), 1.0)
-            return min(now + retry_in, self._deadline)
+            return self._renew_failed(exc)
+        return self._renewed(ok, started)
+
+    def _renew_failed(self, exc: BaseException) -> float | None:
+        """A renewal that raised: lost at the deadline, else retried soon."""
+        self._last_renew_error = exc
+        now = self._clock()
+        if now >= self._deadline:
+            self._mark_lost(self._expiry_reason())
+            return None
+        level = logging.WARNING if isinstance(exc, GuardError) else logging.ERROR
+        log.log(
+            level,
+            "renewal of %s (owner %s, fence %s) failed, %.1fs left: %r",
+            self.key,
+            self.owner,
+            self.fence,
+            self._deadline - now,
+            exc,
+            exc_info=level >= logging.ERROR,
+        )
+        retry_in = min(max(self.ttl / 10, 0.05), 1.0)
+        return min(now + retry_in, self._deadline)
+
+    def _renewed(self, ok: bool, started: float) -> float | None:
+        """The store answered a renewal sent at ``started``: lost, or held until later."""
         if not ok:
             self._mark_lost("the store no longer holds this lease (expired or taken over)")
             return None
@@ -539,7 +547,11 @@ class _Keeper:
                     break
                 timeout = self._heap[0].when - now if self._heap else None
                 self._cond.wait(timeout)
-        lease = task.lease()
+            lease = task.lease()
+            batch = self._batch_with(lease, now) if task.kind == "renew" else []
+        if batch:
+            self._workers.submit(functools.partial(self._renew_batch, batch))
+            return
         if lease is None or not lease.active:
             return
         try:
@@ -568,6 +580,68 @@ class _Keeper:
             log.exception("expiring %s failed", lease.key)
         if lease.active:  # renewed just in time: keep watching the new deadline
             self._schedule(self._at(lease, lease._deadline), "expire", lease)
+
+    def _batch_with(self, first: Lease | None, now: float) -> list[Lease]:
+        """``first`` and the leases of its store due for renewal within a sixth of their
+        ttl, taken off the heap for one ``renew_many`` (caller holds the lock); empty
+        when its store renews one by one. Renewing a sixth of a ttl early is harmless."""
+        if first is None or not first.active or not first.store.batch_renewal:
+            return []
+        if id(first) in self._inflight:
+            return []
+        batch, keep = [first], []
+        horizon = now + first.ttl / 6
+        while self._heap and self._heap[0].when <= horizon:
+            task = heapq.heappop(self._heap)
+            other = task.lease()
+            joins = (
+                task.kind == "renew"
+                and other is not None
+                and other.active
+                and other.store is first.store
+                and id(other) not in self._inflight
+                and task.when - now <= other.ttl / 6
+                and other not in batch
+            )
+            if joins:
+                assert other is not None
+                batch.append(other)
+            else:
+                keep.append(task)
+        for task in keep:
+            heapq.heappush(self._heap, task)
+        for lease in batch:
+            self._inflight.add(id(lease))
+        return batch
+
+    def _renew_batch(self, batch: list[Lease]) -> None:
+        """Renew a batch of one store's leases in one round trip; each lease takes its
+        own answer, so one lost or failed lease never fails the others."""
+        started = [lease._clock() for lease in batch]
+        try:
+            answers = batch[0].store.renew_many(
+                [(lease.key, lease.owner, lease.fence, lease.ttl) for lease in batch]
+            )
+            if len(answers) != len(batch):
+                raise RuntimeError(f"renew_many gave {len(answers)} answers for {len(batch)}")
+        except Exception as exc:
+            answers = [exc] * len(batch)
+        for lease, answer, at in zip(batch, answers, started, strict=True):
+            try:
+                if not lease.active:
+                    follow = None
+                elif isinstance(answer, Exception):
+                    follow = lease._renew_failed(answer)
+                else:
+                    follow = lease._renewed(bool(answer), at)
+            except Exception as exc:
+                log.exception("renewal of %s raised unexpectedly", lease.key)
+                lease._mark_lost(f"renewal raised {exc!r}")
+                follow = None
+            finally:
+                self._inflight.discard(id(lease))
+            if follow is not None:
+                self._schedule(self._at(lease, follow), "renew", lease)
 
     def _renew(self, lease: Lease) -> None:
         try:
