@@ -936,12 +936,17 @@ def _is_method(run: Callable[..., Any]) -> bool:
     return positional[0].name in _METHOD_FIRST
 
 
-def _reusable(scope: str, day: dt.date, store: LeaseStore | str | None) -> Lease | None:
-    """The lease this context already holds for (scope, day) on the same store: a guarded
-    override calling a guarded ``super().run()`` runs under it instead of waiting on itself."""
+def _reusable(
+    scope: str, day: dt.date, store: LeaseStore | str | None, owner: str | None
+) -> Lease | None:
+    """The lease this context already holds for (scope, day) on the same store, as the
+    same owner: a guarded override calling a guarded ``super().run()`` runs under it
+    instead of waiting on itself."""
     key = f"{scope}:{day.isoformat()}"
+    who = owner if owner is not None else default_owner()
     for held in held_leases():
-        if held.key == key and held.active and _same_store(held.store, store):
+        same = held.key == key and held.active and held.owner == who
+        if same and _same_store(held.store, store):
             return held
     return None
 
@@ -969,7 +974,7 @@ def _under_leases(
     with ExitStack() as held:
         leases: list[Lease] = []
         for day in days:
-            reused = _reusable(scope, day, options["store"])
+            reused = _reusable(scope, day, options["store"], options.get("owner"))
             if reused is None:
                 wait = max(0.0, give_up - time.monotonic())
                 try:

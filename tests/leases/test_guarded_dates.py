@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from processor_guard import ConfigError, LockBusy, MemoryStore
-from processor_guard.leases import current_lease, guarded, held_leases, lease_key
+from processor_guard.leases import current_lease, date_lock, guarded, held_leases, lease_key
 
 FEB = [dt.date(2026, 2, day) for day in (1, 2, 3)]
 
@@ -217,3 +217,18 @@ def test_on_busy_skip_covers_the_dates_lock_not_a_lockbusy_of_the_body() -> None
 
     with pytest.raises(LockBusy, match="other:2026-02-03"):
         process({"date": "2026-02-03"})
+
+
+def test_a_lease_held_in_this_context_by_another_owner_is_busy_not_reused() -> None:
+    store = MemoryStore()
+
+    @guarded("pgs", store=store)
+    def process(opts: dict[str, Any]) -> None:
+        pytest.fail("ran under another owner's lease")
+
+    with (
+        date_lock("pgs", "2026-02-03", store=store, owner="other"),
+        pytest.raises(LockBusy) as busy,
+    ):
+        process({"start_date": "2026-02-03"})
+    assert busy.value.holder == "other"
