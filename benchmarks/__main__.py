@@ -54,7 +54,14 @@ def attempt(name: str, fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
 
 
 def main() -> int:
-    from benchmarks import bench_async_locks, bench_firestore, bench_locks, bench_topologies, report
+    from benchmarks import (
+        bench_async_locks,
+        bench_firestore,
+        bench_locks,
+        bench_renew,
+        bench_topologies,
+        report,
+    )
 
     started = dt.datetime.now(dt.timezone.utc)
     results: dict[str, Any] = {
@@ -67,6 +74,7 @@ def main() -> int:
     results["redis_async"] = attempt("redis async locks", bench_async_locks.run)
     results["redis_topologies"] = attempt("redis cluster and sentinel", bench_topologies.run)
     results["firestore"] = attempt("firestore emulator", bench_firestore.run)
+    results["renew_many"] = attempt("batched renewal of 200 leases", bench_renew.run)
     try:
         from benchmarks import bench_dedup
     except ImportError as exc:

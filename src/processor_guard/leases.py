@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, ParamSpec, TypeVar
@@ -284,8 +284,8 @@ class Lease:
             return self._renew_failed(exc)
         return self._renewed(ok, started)
 
-    def _renew_failed(self, exc: Exception) -> float | None:
-        """A renewal raised: when to retry (monotonic), None once the deadline passed."""
+    def _renew_failed(self, exc: BaseException) -> float | None:
+        """A renewal that raised: lost at the deadline, else retried soon."""
         self._last_renew_error = exc
         now = self._clock()
         if now >= self._deadline:
@@ -567,7 +567,11 @@ class _Keeper:
                     break
                 timeout = self._heap[0].when - now if self._heap else None
                 self._cond.wait(timeout)
-        lease = task.lease()
+            lease = task.lease()
+            batch = self._batch_with(lease, now) if task.kind == "renew" else []
+        if batch:
+            self._workers.submit(functools.partial(self._renew_batch, batch))
+            return
         if lease is None or not lease.active:
             return
         try:
@@ -596,6 +600,72 @@ class _Keeper:
             log.exception("expiring %s failed", lease.key)
         if lease.active:  # renewed just in time: keep watching the new deadline
             self._schedule(self._at(lease, lease._deadline), "expire", lease)
+
+    def _batch_with(self, first: Lease | None, now: float) -> list[Lease]:
+        """``first`` and the leases of its store due for renewal within a sixth of their
+        ttl, taken off the heap for one ``renew_many`` (caller holds the lock); empty
+        when its store renews one by one. Renewing a sixth of a ttl early is harmless."""
+        if first is None or not first.active:
+            return []
+        if not isinstance(first.store, LeaseStore) or not first.store.batch_renewal:
+            return []
+        if id(first) in self._inflight:
+            return []
+        batch, keep = [first], []
+        horizon = now + first.ttl / 6
+        while self._heap and self._heap[0].when <= horizon:
+            task = heapq.heappop(self._heap)
+            other = task.lease()
+            joins = (
+                task.kind == "renew"
+                and other is not None
+                and other.active
+                and other.store is first.store
+                and id(other) not in self._inflight
+                and task.when - now <= other.ttl / 6
+                and other not in batch
+            )
+            if joins:
+                assert other is not None
+                batch.append(other)
+            else:
+                keep.append(task)
+        for task in keep:
+            heapq.heappush(self._heap, task)
+        for lease in batch:
+            self._inflight.add(id(lease))
+        return batch
+
+    def _renew_batch(self, batch: list[Lease]) -> None:
+        """Renew a batch of one store's leases in one round trip; each lease takes its
+        own answer, so one lost or failed lease never fails the others."""
+        started = [lease._clock() for lease in batch]
+        store = batch[0].store
+        assert isinstance(store, LeaseStore)  # _batch_with takes only sync stores' leases
+        try:
+            answers = store.renew_many(
+                [(lease.key, lease.owner, lease.fence, lease.ttl) for lease in batch]
+            )
+            if len(answers) != len(batch):
+                raise RuntimeError(f"renew_many gave {len(answers)} answers for {len(batch)}")
+        except Exception as exc:
+            answers = [exc] * len(batch)
+        for lease, answer, at in zip(batch, answers, started, strict=True):
+            try:
+                if not lease.active:
+                    follow = None
+                elif isinstance(answer, Exception):
+                    follow = lease._renew_failed(answer)
+                else:
+                    follow = lease._renewed(bool(answer), at)
+            except Exception as exc:
+                log.exception("renewal of %s raised unexpectedly", lease.key)
+                lease._mark_lost(f"renewal raised {exc!r}")
+                follow = None
+            finally:
+                self._inflight.discard(id(lease))
+            if follow is not None:
+                self._schedule(self._at(lease, follow), "renew", lease)
 
     def _renew(self, lease: Lease) -> None:
         try:
@@ -923,6 +993,13 @@ def bind_leases(fn: Callable[P, R]) -> Callable[P, R]:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: Where ``guarded`` finds a run's dates: None (opts' start_date..end_date), the name of
+#: a key of opts (a date, an ISO string or a list of them) or ``opts -> date(s)``.
+DatesFrom = str | Callable[[Any], object] | None
+# A plain function's dates are found in its first argument; a method's in its second.
+_METHOD_FIRST = ("self", "cls")
+
+
 def _opts_dates(opts: object) -> list[dt.date]:
     if not isinstance(opts, dict):
         raise ConfigError(f"opts must be a dict, got {type(opts).__name__}")
@@ -938,47 +1015,166 @@ def _opts_dates(opts: object) -> list[dt.date]:
     return date_range(start, end)
 
 
+def _dates_of(value: object, source: str) -> list[dt.date]:
+    """One date or an iterable of dates as a sorted list without repeats."""
+    if value is None:
+        raise ConfigError(f"{source} gave no date (None)")
+    if isinstance(value, (str, dt.date)):
+        return [parse_game_date(value, argument=source)]
+    if isinstance(value, (bytes, dict)) or not hasattr(value, "__iter__"):
+        raise ConfigError(f"{source} must be a date, 'YYYY-MM-DD' or a list of them, got {value!r}")
+    days = {parse_game_date(v, argument=f"{source} item") for v in value}
+    if not days:
+        raise ConfigError(f"{source} gave an empty list of dates")
+    return sorted(days)
+
+
+def _run_dates(dates: DatesFrom, opts: object) -> list[dt.date]:
+    """The dates a guarded run locks, ascending (so two runs never wait on each other)."""
+    if dates is None:
+        return _opts_dates(opts)
+    if isinstance(dates, str):
+        if not isinstance(opts, Mapping):
+            raise ConfigError(f"opts must be a dict with {dates!r}, got {type(opts).__name__}")
+        if dates not in opts:
+            raise ConfigError(f"opts has no {dates!r} (the key guarded(dates=...) names)")
+        return _dates_of(opts[dates], f"opts[{dates!r}]")
+    return _dates_of(dates(opts), "dates(opts)")
+
+
+def _is_method(run: Callable[..., Any]) -> bool:
+    """True when ``run``'s first parameter is ``self`` (or ``cls``): opts is the second."""
+    try:
+        params = list(inspect.signature(run).parameters.values())
+    except (TypeError, ValueError):
+        return True
+    positional = [
+        p
+        for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    if not positional:
+        raise ConfigError(
+            f"guarded needs a function taking opts (or self, opts): {run.__qualname__!r} "
+            "takes no positional argument"
+        )
+    return positional[0].name in _METHOD_FIRST
+
+
+def _reusable(
+    scope: str, day: dt.date, store: LeaseStore | str | None, owner: str | None
+) -> Lease | None:
+    """The lease this context already holds for (scope, day) on the same store, as the
+    same owner: a guarded override calling a guarded ``super().run()`` runs under it
+    instead of waiting on itself."""
+    key = f"{scope}:{day.isoformat()}"
+    who = owner if owner is not None else default_owner()
+    for held in held_leases():
+        same = held.key == key and held.active and held.owner == who
+        if same and isinstance(held.store, LeaseStore) and _same_store(held.store, store):
+            return held
+    return None
+
+
+def _same_store(held: LeaseStore, store: LeaseStore | str | None) -> bool:
+    if isinstance(store, LeaseStore):
+        return held is store
+    url = store if store is not None else os.environ.get(STORE_ENV)
+    with _env_lock:
+        return url is not None and _env_stores.get(url) is held
+
+
+def _under_leases(
+    scope: str,
+    days: list[dt.date],
+    budget: float,
+    options: dict[str, Any],
+    call: Callable[[], Any],
+    on_busy: Callable[[LockBusy], Any] | None,
+) -> Any:
+    """``call()`` holding (scope, day) for every day, ``budget`` seconds to get them all;
+    a day this context already holds on the same store is not locked again. A busy day
+    raises LockBusy, or returns ``on_busy(busy)`` (a LockBusy of the body is raised)."""
+    give_up = time.monotonic() + budget
+    with ExitStack() as held:
+        leases: list[Lease] = []
+        for day in days:
+            reused = _reusable(scope, day, options["store"], options.get("owner"))
+            if reused is None:
+                wait = max(0.0, give_up - time.monotonic())
+                try:
+                    reused = held.enter_context(date_lock(scope, day, wait=wait, **options))
+                except LockBusy as busy:
+                    if on_busy is None:
+                        raise
+                    return on_busy(busy)
+            leases.append(reused)
+        group = tuple(leases)
+        for lease in leases:
+            if lease.group == (lease,):
+                lease.group = group
+        return call()
+
+
 def _guard_async(
     run: Callable[..., Any],
     scope: str | Callable[[Any], str],
+    dates: DatesFrom,
+    method: bool,
     budget: float,
     on_busy: Literal["raise", "skip"],
     lock_options: dict[str, Any],
 ) -> Callable[..., Any]:
-    """guarded's wrapper of an ``async def run`` (built in leases_async)."""
+    """guarded's wrapper of an ``async def`` (built in leases_async)."""
     from .leases_async import guard_coroutine
 
-    def scope_and_dates(self: Any, opts: Any) -> tuple[str, list[dt.date]]:
-        days = _opts_dates(opts)
-        return _check_scope(scope(self) if callable(scope) else scope), days
+    def scope_and_dates(scope_arg: Any, opts: Any) -> tuple[str, list[dt.date]]:
+        days = _run_dates(dates, opts)
+        return _check_scope(scope(scope_arg) if callable(scope) else scope), days
 
     return guard_coroutine(
-        run, scope_and_dates, budget=budget, on_busy=on_busy, lock_options=lock_options
+        run,
+        scope_and_dates,
+        method=method,
+        budget=budget,
+        on_busy=on_busy,
+        lock_options=lock_options,
     )
 
 
 def guarded(
     scope: str | Callable[[Any], str],
     *,
+    dates: DatesFrom = None,
     store: LeaseStore | str | None = None,
     ttl: float = 60.0,
     wait: float = 0.0,
     on_busy: Literal["raise", "skip"] = "raise",
     **lock_options: Any,
 ) -> Callable[[F], F]:
-    """Decorate ``run(self, opts)``: lock every date of opts' start..end range first.
+    """Decorate ``run(self, opts)`` or ``process(opts)``: lock every date of the run first.
 
-    ``async def run`` gets the same, with ``async with`` (see leases_async).
+    ``async def`` gets the same, with ``async with`` (see leases_async).
 
-    ``wait`` is one budget for the whole range. Busy: ``on_busy="raise"`` raises
+    The dates: by default opts' ``start_date..end_date``; ``dates="date"`` reads that
+    key of opts (a date, an ISO string or a list of them); ``dates=callable`` gets opts
+    and returns the same. A function whose first parameter is ``self`` (or ``cls``) is
+    a method, and a callable ``scope`` gets ``self``; otherwise opts is the first
+    argument and a callable ``scope`` gets opts. Dates are locked in ascending order.
+
+    ``wait`` is one budget for all the dates. Busy: ``on_busy="raise"`` raises
     LockBusy (push endpoints answer non-2xx so Pub/Sub redelivers); ``"skip"`` logs a
     WARNING and returns False. Never True for work not done: a date lost during the run
-    stops its writes and raises LeaseLost when the run returns.
+    stops its writes and raises LeaseLost when the run returns. A date this context
+    already holds under the same scope and store (a guarded override calling a guarded
+    ``super().run()``) is run under the held lease, not locked again.
     """
     if on_busy not in ("raise", "skip"):
         raise ConfigError(f"on_busy must be 'raise' or 'skip', got {on_busy!r}")
     if not callable(scope):
         _check_scope(scope)
+    if dates is not None and not callable(dates) and not (isinstance(dates, str) and dates):
+        raise ConfigError(f"dates must be None, a key of opts or a callable, got {dates!r}")
     budget = _check_seconds("wait", wait, positive=False)
 
     def decorate(run: F) -> F:
@@ -988,39 +1184,36 @@ def guarded(
                 f"guarded cannot wrap the async generator {run.__qualname__!r}: "
                 "its body would run after the leases were released"
             )
+        method = _is_method(run)
         if inspect.iscoroutinefunction(run):
             options = {"store": store, "ttl": ttl, **lock_options}
-            return _guard_async(run, scope, budget, on_busy, options)  # type: ignore[return-value]
+            return _guard_async(  # type: ignore[return-value]
+                run, scope, dates, method, budget, on_busy, options
+            )
 
-        @functools.wraps(run)
-        def wrapper(self: Any, opts: Any, *args: Any, **kwargs: Any) -> Any:
-            days = _opts_dates(opts)
-            the_scope = _check_scope(scope(self) if callable(scope) else scope)
-            give_up = time.monotonic() + budget
-            with ExitStack() as held:
-                leases: list[Lease] = []
-                for day in days:
-                    try:
-                        lease = held.enter_context(
-                            date_lock(
-                                the_scope,
-                                day,
-                                store=store,
-                                ttl=ttl,
-                                wait=max(0.0, give_up - time.monotonic()),
-                                **lock_options,
-                            )
-                        )
-                    except LockBusy as busy:
-                        if on_busy == "skip":
-                            log.warning("skipping %s: %s", run.__qualname__, busy)
-                            return False
-                        raise
-                    leases.append(lease)
-                group = tuple(leases)
-                for lease in leases:
-                    lease.group = group
-                return run(self, opts, *args, **kwargs)
+        def locked(scope_arg: Any, opts: Any, call: Callable[[], Any]) -> Any:
+            days = _run_dates(dates, opts)
+            the_scope = _check_scope(scope(scope_arg) if callable(scope) else scope)
+            options = {"store": store, "ttl": ttl, **lock_options}
+            return _under_leases(the_scope, days, budget, options, call, skip)
+
+        def skip_busy(busy: LockBusy) -> bool:
+            log.warning("skipping %s: %s", run.__qualname__, busy)
+            return False
+
+        skip = skip_busy if on_busy == "skip" else None
+
+        if method:
+
+            @functools.wraps(run)
+            def wrapper(self: Any, opts: Any, *args: Any, **kwargs: Any) -> Any:
+                return locked(self, opts, lambda: run(self, opts, *args, **kwargs))
+
+        else:
+
+            @functools.wraps(run)
+            def wrapper(opts: Any, *args: Any, **kwargs: Any) -> Any:
+                return locked(opts, opts, lambda: run(opts, *args, **kwargs))
 
         return wrapper  # type: ignore[return-value]
 

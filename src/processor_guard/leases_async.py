@@ -216,16 +216,17 @@ def guard_coroutine(
     run: Callable[..., Awaitable[Any]],
     scope_and_dates: Callable[[Any, Any], tuple[str, list[dt.date]]],
     *,
+    method: bool,
     budget: float,
     on_busy: Literal["raise", "skip"],
     lock_options: dict[str, Any],
 ) -> Callable[..., Awaitable[Any]]:
-    """``guarded``'s wrapper for ``async def run(self, opts)``: every date locked in
-    order with one wait budget, the leases one group, released when ``run`` returns."""
+    """``guarded``'s wrapper for ``async def run(self, opts)`` (``method``) or
+    ``async def process(opts)``: every date locked in order with one wait budget, the
+    leases one group, released when the body returns."""
 
-    @functools.wraps(run)
-    async def wrapper(self: Any, opts: Any, *args: Any, **kwargs: Any) -> Any:
-        scope, days = scope_and_dates(self, opts)
+    async def locked(scope_arg: Any, opts: Any, call: Callable[[], Awaitable[Any]]) -> Any:
+        scope, days = scope_and_dates(scope_arg, opts)
         give_up = time.monotonic() + budget
         async with contextlib.AsyncExitStack() as held:
             leases: list[Lease] = []
@@ -243,6 +244,18 @@ def guard_coroutine(
             group = tuple(leases)
             for lease in leases:
                 lease.group = group
-            return await run(self, opts, *args, **kwargs)
+            return await call()
+
+    if method:
+
+        @functools.wraps(run)
+        async def method_wrapper(self: Any, opts: Any, *args: Any, **kwargs: Any) -> Any:
+            return await locked(self, opts, lambda: run(self, opts, *args, **kwargs))
+
+        return method_wrapper
+
+    @functools.wraps(run)
+    async def wrapper(opts: Any, *args: Any, **kwargs: Any) -> Any:
+        return await locked(opts, opts, lambda: run(opts, *args, **kwargs))
 
     return wrapper

@@ -269,7 +269,8 @@ def _completion_check(state: CompletionState, limits: Thresholds, hours_past: fl
     name = "completion"
     value = f"{state.count}/{len(state.expected)}"
     if state.should_trigger:
-        return Check(name, OK, value, f"{value} complete")
+        why = state.trigger_reason or (f"mode {state.mode}" if state.mode else "")
+        return Check(name, OK, value, f"{value} complete" + (f"; trigger: {why}" if why else ""))
     status = _deadline_status(hours_past, limits)
     missing = list(state.missing)
     parts = [f"missing: {', '.join(missing)}"] if missing else []

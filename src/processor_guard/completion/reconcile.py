@@ -177,7 +177,7 @@ def reconcile_date(
     findings = _Findings(
         backed=backed,
         completed_after=completed_after,
-        due=rules.trigger.satisfied(rules.expected, completed_after),
+        due=rules.rule_for(data)[1].satisfied(rules.expected, completed_after),
         hidden=before.triggered and not before.message_id,
     )
     _check_trigger(report, before, findings)

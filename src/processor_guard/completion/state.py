@@ -58,6 +58,20 @@ class TriggerRule:
         rest_done = sum(1 for p in expected if p not in self.critical and p in done)
         return rest_done >= self.required_others(expected)
 
+    def describe(self, expected: Sequence[str], completed: Iterable[str]) -> str:
+        """Why the rule is met (or how far it is), for ``_trigger_reason`` and health."""
+        done = set(completed)
+        if self.critical is None:
+            have = sum(1 for p in expected if p in done)
+            return f"all expected complete ({have}/{len(expected)})"
+        crit = sum(1 for p in self.critical if p in done)
+        rest = [p for p in expected if p not in self.critical]
+        rest_done = sum(1 for p in rest if p in done)
+        return (
+            f"critical complete ({crit}/{len(self.critical)}: {', '.join(self.critical)}) "
+            f"and {rest_done} of {len(rest)} others (needs {self.required_others(expected)})"
+        )
+
 
 @dataclass(frozen=True)
 class CompletionState:
@@ -85,6 +99,11 @@ class CompletionState:
     claimed_until: dt.datetime | None = None
     # 1 for the first trigger; each re-trigger after a backfill adds one.
     generation: int = 1
+    #: The trigger mode the date was last recorded under (``record(mode=...)``), if any.
+    mode: str | None = None
+    #: Why the trigger became due: the rule and mode that were met, ``reconcile: ...``
+    #: or ``retrigger: ...``; None until it is due.
+    trigger_reason: str | None = None
 
     @property
     def uncovered(self) -> dict[str, list[str]]:
@@ -154,6 +173,8 @@ class CompletionState:
             "duplicate": self.duplicate,
             "publish_error": self.publish_error,
             "generation": self.generation,
+            "mode": self.mode,
+            "trigger_reason": self.trigger_reason,
             "required": None if self.required is None else list(self.required),
             "uncovered": self.uncovered,
             "claimed_by": self.claimed_by,
@@ -169,6 +190,21 @@ class PhaseRules:
     expected: tuple[str, ...]
     trigger: TriggerRule
     success_statuses: frozenset[str]
+    #: Named rules chosen per date by the ``_mode`` a record stored; others use ``trigger``.
+    modes: Mapping[str, TriggerRule] = field(default_factory=dict)
+
+    def rule_for(self, data: Mapping[str, Any]) -> tuple[str | None, TriggerRule]:
+        """The mode stored in ``data`` (None without one) and the rule it selects."""
+        mode = data.get("_mode")
+        if isinstance(mode, str) and mode in self.modes:
+            return mode, self.modes[mode]
+        return None, self.trigger
+
+    def trigger_reason(self, data: Mapping[str, Any], completed: Sequence[str]) -> str:
+        """Why the rule of ``data``'s mode is met by ``completed``."""
+        mode, rule = self.rule_for(data)
+        described = rule.describe(self.expected, completed)
+        return described if mode is None else f"{described}, mode {mode}"
 
     def succeeded(self, entry: Any) -> bool:
         """True when a processor's entry records at least one successful execution."""
@@ -203,6 +239,8 @@ class PhaseRules:
         """The state of ``day``'s document holding ``data``."""
         completed = self.completed(data)
         stored = data.get("_completed_count")
+        mode, rule = self.rule_for(data)
+        reason = data.get("_trigger_reason")
         return CompletionState(
             phase=self.phase,
             game_date=day,
@@ -210,7 +248,7 @@ class PhaseRules:
             completed=completed,
             unexpected=tuple(sorted(k for k in _entries(data) if k not in self.expected)),
             stored_count=stored if isinstance(stored, int) else None,
-            should_trigger=self.trigger.satisfied(self.expected, completed),
+            should_trigger=rule.satisfied(self.expected, completed),
             trigger_pending=bool(data.get("_trigger_pending")),
             triggered=bool(data.get("_triggered")),
             triggered_at=as_datetime(data.get("_triggered_at")),
@@ -225,6 +263,8 @@ class PhaseRules:
             claimed_by=_claim_owner(data),
             claimed_until=claim_deadline(data.get("_trigger_claim")),
             generation=_generation(data),
+            mode=mode,
+            trigger_reason=reason if isinstance(reason, str) and reason else None,
         )
 
     def derived_fields(
@@ -233,7 +273,7 @@ class PhaseRules:
         before: Mapping[str, Any],
         merged: Mapping[str, Any],
         exists: bool,
-        reason: str = "rule satisfied",
+        reason: str = "",
         real_time: bool = True,
     ) -> dict[str, Any]:
         """Metadata that follows from the entries: count, lists and the outbox flag.
@@ -241,7 +281,8 @@ class PhaseRules:
         ``before`` is the document as read, ``merged`` the same with this write's
         entries applied; only fields whose value changes are returned. Without
         ``real_time`` (a repair, long after the fact) ``_satisfied_at`` is the last real
-        completion time, not now.
+        completion time, not now. ``_trigger_reason`` says which rule (and mode) was met,
+        after ``reason: `` when one is given.
         """
         completed = self.completed(merged)
         unexpected = sorted(k for k in _entries(merged) if k not in self.expected)
@@ -260,13 +301,15 @@ class PhaseRules:
                 fields[flag] = bool(merged.get(flag))
         triggered = bool(merged.get("_triggered"))
         pending = bool(merged.get("_trigger_pending"))
-        if self.trigger.satisfied(self.expected, completed) and not triggered and not pending:
+        _, rule = self.rule_for(merged)
+        if rule.satisfied(self.expected, completed) and not triggered and not pending:
             fields["_trigger_pending"] = True
             fields["_trigger_id"] = f"{self.phase}/{day}"
             fields["_satisfied_at"] = (
                 server_timestamp() if real_time else merged.get("_last_completion_at")
             )
-            fields["_trigger_reason"] = reason
+            met = self.trigger_reason(merged, completed)
+            fields["_trigger_reason"] = f"{reason}: {met}" if reason else met
         if fields:
             fields["_updated_at"] = server_timestamp()
         return fields

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -33,7 +35,15 @@ from .state import (
     required_units,
 )
 
-__all__ = ["CompletionTracker", "PublishFn", "RequiredFn", "TriggerPending"]
+__all__ = [
+    "MAX_METADATA_BYTES",
+    "RESERVED_ENTRY_FIELDS",
+    "CompletionTracker",
+    "PublishFn",
+    "RequiredFn",
+    "TriggerPending",
+    "TriggerRule",
+]
 
 log = logging.getLogger("processor_guard.completion")
 
@@ -42,6 +52,31 @@ RequiredFn = Callable[[str], Iterable[str]]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _PHASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_METADATA_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+
+#: The fields of a processor's entry that the tracker writes; caller metadata cannot
+#: use these names (nor names starting with ``_``).
+RESERVED_ENTRY_FIELDS = frozenset(
+    {
+        "status",
+        "execution_id",
+        "record_count",
+        "recorded_at",
+        "succeeded",
+        "executions",
+        "covered",
+        "fence",
+        "lease_key",
+        "first_success_at",
+        "completed_at",
+        "metadata_keys",
+        "source",
+    }
+)
+#: The largest caller metadata of one record, as compact JSON (a Firestore document
+#: holds at most 1 MiB for all its processors and executions).
+MAX_METADATA_BYTES = 16_384
+_MAX_METADATA_DEPTH = 8
 
 
 class CompletionTracker:
@@ -56,7 +91,11 @@ class CompletionTracker:
     so a subscriber can drop the repeat.
 
     The trigger rule is every expected processor by default; with ``critical`` it is
-    all critical processors plus ``fraction`` (rounded up) of the others.
+    all critical processors plus ``fraction`` (rounded up) of the others. ``modes``
+    names other rules, chosen per date by ``record(mode=...)``: ``"all"`` (every
+    expected processor), a list of critical processors (those alone) or a
+    :class:`TriggerRule`, e.g. ``{"overnight": "all", "same_day": ["player_game_summary",
+    "team_offense_game_summary"]}``. The state's ``trigger_reason`` says which was met.
     """
 
     # Long: the public API of one phase's completion documents; each method is
@@ -78,12 +117,14 @@ class CompletionTracker:
         rpc_timeout: float = 30.0,
         max_execution_ids: int = 500,
         required: RequiredFn | None = None,
+        modes: Mapping[str, TriggerRule | Sequence[str] | str] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not isinstance(phase, str) or not _PHASE_RE.match(phase):
             raise ConfigError(f"phase must match [A-Za-z0-9][A-Za-z0-9_-]*, got {phase!r}")
         names = _expected_names(expected)
         rule = _trigger_rule(critical, fraction, names)
+        named = _named_rules(modes, names)
         if publish is not None and not callable(publish):
             raise ConfigError(f"publish must be callable, got {publish!r}")
         if required is not None and not callable(required):
@@ -99,6 +140,7 @@ class CompletionTracker:
         self.publish = publish
         self.collection = coll
         self.rule = rule
+        self.modes = named
         self.success_statuses = frozenset(success_statuses)
         self.claim_ttl = float(claim_ttl)
         self.owner = owner or default_owner()
@@ -138,8 +180,20 @@ class CompletionTracker:
         record_count: int | None = None,
         covered: Iterable[str] | None = None,
         lease: Lease | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        mode: str | None = None,
     ) -> CompletionState:
         """Store one processor's completion and publish the trigger if it is due.
+
+        Metadata: ``metadata`` (e.g. ``entities_changed``, ``is_incremental``,
+        ``correlation_id``) is stored in the processor's entry with this execution,
+        replacing the previous execution's; JSON values only, at most
+        ``MAX_METADATA_BYTES``, names not in ``RESERVED_ENTRY_FIELDS``.
+
+        Mode: ``mode`` (one of the tracker's ``modes``) selects the date's trigger rule
+        from this record on, e.g. ``"same_day"`` for the evening run and
+        ``"overnight"`` for the next morning's; without it the date keeps the last mode
+        recorded, or the tracker's default rule.
 
         Coverage: when the tracker has ``required`` (what the date needs), ``covered``
         (what this run processed, e.g. its game ids) is mandatory and the processor
@@ -171,6 +225,10 @@ class CompletionTracker:
         name = _check_name(processor, "processor")
         _check_execution(execution_id, status, record_count)
         units = _check_units(covered, "covered")
+        extra = _check_metadata(metadata)
+        if mode is not None and mode not in self.modes:
+            known = ", ".join(sorted(self.modes)) or "none configured"
+            raise ConfigError(f"mode must be one of the tracker's modes ({known}), got {mode!r}")
         required = self._required_for(day)
         if required is not None and units is None:
             raise ConfigError(
@@ -181,7 +239,7 @@ class CompletionTracker:
         if held is not None:
             held.check()
         rules = self._rules()
-        execution = _Execution(name, execution_id, status, record_count, units, held)
+        execution = _Execution(name, execution_id, status, record_count, units, held, extra, mode)
 
         def mutate(data: dict[str, Any], exists: bool, _read_time: Any) -> Plan:
             return self._add_execution(rules, day, data, exists, execution, required)
@@ -275,7 +333,9 @@ class CompletionTracker:
 
     # Built on each use from the public attributes, which stay the one source of truth.
     def _rules(self) -> PhaseRules:
-        return PhaseRules(self.phase, self.expected, self.rule, self.success_statuses)
+        return PhaseRules(
+            self.phase, self.expected, self.rule, self.success_statuses, dict(self.modes)
+        )
 
     def _outbox(self) -> TriggerOutbox:
         return TriggerOutbox(
@@ -328,8 +388,12 @@ class CompletionTracker:
         covered = set(covered_units(entry))
         if run.status in rules.success_statuses and run.covered is not None:
             covered |= set(run.covered)
+        for old in entry.get("metadata_keys") or ():
+            entry.pop(old, None)
         new_entry: dict[str, Any] = {
             **entry,
+            **run.metadata,
+            "metadata_keys": sorted(run.metadata),
             "status": run.status,
             "execution_id": run.execution_id,
             "record_count": run.record_count,
@@ -349,6 +413,8 @@ class CompletionTracker:
             if processor in rules.expected:
                 fields["_last_completion_at"] = server_timestamp()
         fields[processor] = new_entry
+        if run.mode is not None and data.get("_mode") != run.mode:
+            fields["_mode"] = run.mode
         fields["_executions_recorded"] = int(data.get("_executions_recorded") or 0) + 1
         if processor not in rules.expected and processor not in (data.get("_unexpected") or []):
             log.warning(
@@ -412,6 +478,77 @@ def _trigger_rule(
     return TriggerRule(crit, float(fraction))
 
 
+def _named_rules(
+    modes: Mapping[str, TriggerRule | Sequence[str] | str] | None, expected: tuple[str, ...]
+) -> dict[str, TriggerRule]:
+    """``modes`` as trigger rules: "all", a list of critical processors, or a rule."""
+    if modes is None:
+        return {}
+    if not isinstance(modes, Mapping):
+        raise ConfigError(f"modes must map mode names to trigger rules, got {modes!r}")
+    named: dict[str, TriggerRule] = {}
+    for mode, rule in modes.items():
+        if not isinstance(mode, str) or not _PHASE_RE.match(mode):
+            raise ConfigError(f"mode names must match [A-Za-z0-9][A-Za-z0-9_-]*, got {mode!r}")
+        if rule == "all":
+            named[mode] = TriggerRule()
+        elif isinstance(rule, TriggerRule):
+            named[mode] = _trigger_rule(rule.critical, rule.fraction, expected)
+        elif isinstance(rule, str) or not isinstance(rule, Sequence) or not rule:
+            raise ConfigError(
+                f"modes[{mode!r}] must be 'all', a non-empty list of critical processors "
+                f"or a TriggerRule, got {rule!r}"
+            )
+        else:
+            named[mode] = _trigger_rule(tuple(rule), 0.0, expected)
+    return named
+
+
+def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Caller metadata for an entry: JSON-safe, bounded, no reserved names."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise ConfigError(f"metadata must be a dict, got {type(metadata).__name__}")
+    for name, value in metadata.items():
+        if not isinstance(name, str) or not _METADATA_NAME_RE.fullmatch(name):
+            raise ConfigError(f"metadata names must match [A-Za-z][A-Za-z0-9_]*, got {name!r}")
+        if name in RESERVED_ENTRY_FIELDS:
+            raise ConfigError(f"metadata name {name!r} is reserved for the tracker's own field")
+        _check_json_value(value, f"metadata[{name!r}]", 0)
+    encoded = json.dumps(dict(metadata), separators=(",", ":"))
+    size = len(encoded.encode())
+    if size > MAX_METADATA_BYTES:
+        raise ConfigError(f"metadata is {size} bytes as JSON, at most {MAX_METADATA_BYTES}")
+    # Stored as JSON reads it back: tuples become lists in every document store.
+    stored: dict[str, Any] = json.loads(encoded)
+    return stored
+
+
+def _check_json_value(value: Any, where: str, depth: int) -> None:
+    if depth > _MAX_METADATA_DEPTH:
+        raise ConfigError(f"{where} is nested deeper than {_MAX_METADATA_DEPTH} levels")
+    if value is None or isinstance(value, (bool, int, str)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number, got {value!r}")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_json_value(item, f"{where}[{i}]", depth + 1)
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"{where} keys must be strings, got {key!r}")
+            _check_json_value(item, f"{where}[{key!r}]", depth + 1)
+        return
+    raise ConfigError(
+        f"{where} must be JSON (None, bool, number, string, list, dict), got {type(value).__name__}"
+    )
+
+
 def _check_execution(execution_id: object, status: object, record_count: object) -> None:
     if not isinstance(execution_id, str) or not execution_id.strip():
         raise ConfigError(f"execution_id must be a non-empty string, got {execution_id!r}")
@@ -434,6 +571,8 @@ class _Execution:
         record_count: int | None,
         covered: tuple[str, ...] | None,
         lease: Lease | None,
+        metadata: dict[str, Any],
+        mode: str | None,
     ) -> None:
         self.processor = processor
         self.execution_id = execution_id
@@ -441,6 +580,8 @@ class _Execution:
         self.record_count = record_count
         self.covered = covered
         self.lease = lease
+        self.metadata = metadata
+        self.mode = mode
 
 
 def _lease_for(day: str, processor: str) -> Lease | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import ClassVar
@@ -17,6 +17,7 @@ __all__ = [
     "LeaseStore",
     "PollingWaiter",
     "ReleaseWaiter",
+    "RenewRequest",
     "check_key_bytes",
     "fence_seed",
 ]
@@ -95,6 +96,10 @@ class PollingWaiter(ReleaseWaiter):
         return False
 
 
+#: One lease to renew: ``(key, owner, fence, ttl)``.
+RenewRequest = tuple[str, str, int, float]
+
+
 class LeaseStore(ABC):
     """A place that hands out leases with fences; one record per key.
 
@@ -105,6 +110,9 @@ class LeaseStore(ABC):
     """
 
     scheme: ClassVar[str] = ""
+    #: True when ``renew_many`` renews a batch in one round trip; the renewal keeper
+    #: then renews a process's leases on this store that are due together in one call.
+    batch_renewal: bool = False
     #: The longest key (UTF-8 bytes) the store can hold; keys are ``scope:YYYY-MM-DD``.
     max_key_bytes: ClassVar[int] = 1024
 
@@ -120,6 +128,19 @@ class LeaseStore(ABC):
     @abstractmethod
     def renew(self, key: str, owner: str, fence: int, ttl: float) -> bool:
         """Extend the lease to ``ttl`` seconds from now; False when it is no longer ours."""
+
+    def renew_many(self, leases: Sequence[RenewRequest]) -> list[bool | Exception]:
+        """Renew several leases; one answer per lease, in order: True when renewed, False
+        when no longer ours, or the exception renewing that one raised. One lease's
+        failure is never another's; this default renews them one by one. Raises
+        StoreUnavailable only when the store cannot be reached for any of them."""
+        answers: list[bool | Exception] = []
+        for key, owner, fence, ttl in leases:
+            try:
+                answers.append(self.renew(key, owner, fence, ttl))
+            except Exception as exc:
+                answers.append(exc)
+        return answers
 
     @abstractmethod
     def release(self, key: str, owner: str, fence: int) -> bool:

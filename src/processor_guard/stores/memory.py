@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .base import AcquireResult, Holder, LeaseStore, ReleaseWaiter, fence_seed
+from .base import AcquireResult, Holder, LeaseStore, ReleaseWaiter, RenewRequest, fence_seed
 
 __all__ = ["MemoryStore"]
 
@@ -41,6 +41,7 @@ class MemoryStore(LeaseStore):
     """
 
     scheme = "memory"
+    batch_renewal = True
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
@@ -72,6 +73,10 @@ class MemoryStore(LeaseStore):
                 return False
             rec.expires_at = now + ttl
             return True
+
+    def renew_many(self, leases: Sequence[RenewRequest]) -> list[bool | Exception]:
+        with self._cond:  # re-entrant: renew takes it again
+            return super().renew_many(leases)
 
     def release(self, key: str, owner: str, fence: int) -> bool:
         with self._cond:

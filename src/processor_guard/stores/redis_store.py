@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import redis
@@ -23,7 +23,7 @@ from redis.retry import Retry
 from redis.sentinel import SentinelConnectionPool
 
 from ..errors import ConfigError, StoreUnavailable
-from .base import AcquireResult, Holder, LeaseStore, ReleaseWaiter
+from .base import AcquireResult, Holder, LeaseStore, ReleaseWaiter, RenewRequest
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -595,6 +595,54 @@ class _ScriptRunner:
             return reply
         raise AssertionError("unreachable")
 
+    def evalsha_many(
+        self, script: Script, numkeys: int, calls: list[tuple[str | int, ...]]
+    ) -> list[Any]:
+        """EVALSHA once per argument list, pipelined in one round trip; each reply, or
+        the ResponseError of that call, in order. For idempotent scripts only: after a
+        broken connection or an unknown script the whole batch is sent again."""
+        if not self._direct:
+            return self._pipelined(script, numkeys, calls)
+        for attempt in (0, 1, 2):
+            conn = self._checkout()
+            try:
+                conn.send_packed_command([self._pack(script, numkeys, a) for a in calls], False)  # type: ignore[no-untyped-call]
+                replies: list[Any] = []
+                for _ in calls:
+                    try:
+                        replies.append(conn.read_response())
+                    except redis.ResponseError as err:
+                        replies.append(err)
+                if any(isinstance(r, NoScriptError) for r in replies) and attempt < 2:
+                    self._load_scripts(conn)
+                    self._idle.append(conn)
+                    continue
+            except redis.ConnectionError:
+                conn.disconnect()  # type: ignore[no-untyped-call]
+                if attempt:
+                    raise
+                continue
+            except BaseException:
+                conn.disconnect()  # type: ignore[no-untyped-call]
+                raise
+            self._idle.append(conn)
+            return replies
+        raise AssertionError("unreachable")
+
+    def _pipelined(
+        self, script: Script, numkeys: int, calls: list[tuple[str | int, ...]]
+    ) -> list[Any]:
+        """The batch through the client's own pipeline (cluster, Sentinel, ...)."""
+        for attempt in (0, 1):
+            pipe = self._client.pipeline(transaction=False)
+            for args in calls:
+                pipe.evalsha(script.sha, numkeys, *args)
+            replies = list(pipe.execute(raise_on_error=False))
+            if attempt or not any(isinstance(r, NoScriptError) for r in replies):
+                return replies
+            script.sha = self._client.script_load(script.script)
+        raise AssertionError("unreachable")
+
     def close(self) -> None:
         """Disconnect every connection the runner opened."""
         conns = list(self._conns)
@@ -625,6 +673,8 @@ class RedisStore(LeaseStore):
         handoff_after: float = HANDOFF_AFTER,
     ) -> None:
         self._client = client
+        # redis-py refuses EVALSHA in a cluster pipeline: a cluster renews one by one.
+        self.batch_renewal = not isinstance(client, RedisCluster)
         self._prefix = prefix
         self._after_us = handoff_us(handoff_after)
         self._waiting = threading.local()  # key -> this thread's _PubSubWaiter
@@ -727,6 +777,29 @@ class RedisStore(LeaseStore):
                 self._renew, *renew_call(key_prefix(self._prefix, key), owner, fence, ttl)
             )
         return bool(reply == 1)
+
+    def renew_many(self, leases: Sequence[RenewRequest]) -> list[bool | Exception]:
+        """Every renewal pipelined in one round trip (one EVALSHA per lease; the keys
+        may live on different cluster nodes, so no single script holds them all)."""
+        if not leases:
+            return []
+        if not self.batch_renewal:
+            return LeaseStore.renew_many(self, leases)
+        calls: list[tuple[str | int, ...]] = [
+            renew_call(key_prefix(self._prefix, key), owner, fence, ttl)[1:]
+            for key, owner, fence, ttl in leases
+        ]
+        with as_store_unavailable(leases[0][0]):
+            replies = self._runner.evalsha_many(self._renew, 1, calls)
+        answers: list[bool | Exception] = []
+        for (key, _, _, _), reply in zip(leases, replies, strict=True):
+            if isinstance(reply, Exception):
+                answers.append(
+                    StoreUnavailable(f"redis renewal of {key!r} failed: {reply}", key=key)
+                )
+            else:
+                answers.append(reply == 1)
+        return answers
 
     def release(self, key: str, owner: str, fence: int) -> bool:
         kp = key_prefix(self._prefix, key)
@@ -865,6 +938,7 @@ class ReplicatedRedisStore(RedisStore):
                 f"replica_timeout must be seconds in (0, 60], got {replica_timeout!r}"
             )
         super().__init__(client, prefix=prefix, handoff_after=handoff_after)
+        self.batch_renewal = False
         self.replicas = replicas
         self.replica_timeout = replica_timeout
 
@@ -932,3 +1006,7 @@ class ReplicatedRedisStore(RedisStore):
 
     def renew(self, key: str, owner: str, fence: int, ttl: float) -> bool:
         return self._renew_and_wait(key, owner, fence, ttl)
+
+    def renew_many(self, leases: Sequence[RenewRequest]) -> list[bool | Exception]:
+        # Each renewal waits for its replicas: one by one, as the base class does.
+        return LeaseStore.renew_many(self, leases)

@@ -7,13 +7,21 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._backoff import full_jitter
 from .._sqlite import connect_shared
 from ..errors import StoreUnavailable
-from .base import AcquireResult, Holder, LeaseStore, PollingWaiter, ReleaseWaiter, fence_seed
+from .base import (
+    AcquireResult,
+    Holder,
+    LeaseStore,
+    PollingWaiter,
+    ReleaseWaiter,
+    RenewRequest,
+    fence_seed,
+)
 
 __all__ = ["SQLiteStore"]
 
@@ -60,6 +68,7 @@ class SQLiteStore(LeaseStore):
     """
 
     scheme = "sqlite"
+    batch_renewal = True
 
     def __init__(
         self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time
@@ -169,6 +178,26 @@ class SQLiteStore(LeaseStore):
 
         ok: bool = self._write(key, extend)
         return ok
+
+    def renew_many(self, leases: Sequence[RenewRequest]) -> list[bool | Exception]:
+        """Every renewal in one ``BEGIN IMMEDIATE`` transaction (one fsync, one lock)."""
+        if not leases:
+            return []
+
+        def extend_all(conn: sqlite3.Connection) -> list[bool | Exception]:
+            now = self._clock()
+            return [
+                conn.execute(
+                    "UPDATE leases SET expires_at = ? "
+                    "WHERE key = ? AND owner = ? AND fence = ? AND expires_at > ?",
+                    (now + ttl, key, owner, fence, now),
+                ).rowcount
+                == 1
+                for key, owner, fence, ttl in leases
+            ]
+
+        answers: list[bool | Exception] = self._write(leases[0][0], extend_all)
+        return answers
 
     def release(self, key: str, owner: str, fence: int) -> bool:
         def free(conn: sqlite3.Connection) -> bool:
