@@ -232,3 +232,35 @@ def test_a_lease_held_in_this_context_by_another_owner_is_busy_not_reused() -> N
     ):
         process({"start_date": "2026-02-03"})
     assert busy.value.holder == "other"
+
+
+def test_async_forms_take_the_same_date_sources() -> None:
+    """``async def`` gets ``dates=`` and the plain-function form too, with the same
+    ascending order, one group and the bad-input errors of the sync form."""
+    import asyncio
+
+    store = MemoryStore()
+
+    class MlbProcessor:
+        @guarded("mlb_pitcher_stats", dates="date", store=store)
+        async def run(self, opts: dict[str, Any]) -> list[str]:
+            await asyncio.sleep(0)
+            return keys_held()
+
+    @guarded("pgs", dates=lambda opts: opts["games"].keys(), store=store)
+    async def process(opts: dict[str, Any]) -> list[str]:
+        lease = current_lease(FEB[1])
+        assert lease is not None and len(lease.group) == 2
+        return keys_held()
+
+    async def main() -> tuple[list[str], list[str]]:
+        one = await MlbProcessor().run({"date": ["2026-02-03", FEB[0]]})
+        two = await process({"games": {"2026-02-02": 1, "2026-02-01": 2}})
+        return one, two
+
+    one, two = asyncio.run(main())
+    assert one == ["mlb_pitcher_stats:2026-02-01", "mlb_pitcher_stats:2026-02-03"]
+    assert two == ["pgs:2026-02-01", "pgs:2026-02-02"]
+    assert store.holders() == []
+    with pytest.raises(ConfigError, match="no 'date'"):
+        asyncio.run(MlbProcessor().run({"game_date": "2026-02-03"}))

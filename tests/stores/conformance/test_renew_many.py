@@ -54,6 +54,8 @@ def test_renew_many_answers_each_lease_and_extends_the_live_ones(kit: StoreKit) 
 
 
 def test_keeper_renews_many_leases_and_loses_only_the_broken_one(kit: StoreKit) -> None:
+    if kit.api == "async":
+        pytest.skip("the async API renews each lease in a task on its loop, not in the keeper")
     ttl = 1.5 if kit.kind == "firestore" else 0.9
     renewed: Counter[str] = Counter()
     hooks = LeaseHooks(renewed=lambda lease: renewed.update([lease.key]))
