@@ -154,8 +154,9 @@ class AsyncRedisStore(AsyncLeaseStore):
         self.client = client
         self.prefix = prefix
         self.after_us = handoff_us(handoff_after)
-        # (key, owner) -> attempt id of an acquisition whose reply never came.
-        self._unanswered: dict[tuple[str, str], str] = {}
+        # (key, owner) of an acquisition, (key, owner, fence) of a release -> the attempt
+        # id of a call whose reply never came (lost, or the caller was cancelled).
+        self._unanswered: dict[tuple[str, str] | tuple[str, str, int], str] = {}
         self._shas: dict[str, str] = {}
 
     @classmethod
@@ -195,7 +196,8 @@ class AsyncRedisStore(AsyncLeaseStore):
         try:
             with as_store_unavailable(key):
                 reply = await self.evalsha(ACQUIRE_SCRIPT, *call)
-        except StoreUnavailable:
+        except (StoreUnavailable, asyncio.CancelledError):
+            # The script may have run: the same call sends this attempt id again.
             if len(self._unanswered) < MAX_UNANSWERED:
                 self._unanswered[(key, owner)] = attempt
             raise
@@ -214,9 +216,16 @@ class AsyncRedisStore(AsyncLeaseStore):
 
     async def release(self, key: str, owner: str, fence: int) -> bool:
         kp = key_prefix(self.prefix, key)
-        with as_store_unavailable(key):
-            call = release_call(kp, owner, fence, self.after_us, os.urandom(8).hex())
-            return bool(await self.evalsha(RELEASE_SCRIPT, *call) == 1)
+        attempt = self._unanswered.pop((key, owner, fence), None) or os.urandom(8).hex()
+        try:
+            with as_store_unavailable(key):
+                call = release_call(kp, owner, fence, self.after_us, attempt)
+                return bool(await self.evalsha(RELEASE_SCRIPT, *call) == 1)
+        except (StoreUnavailable, asyncio.CancelledError):
+            # Sent again with this attempt id, a release that ran answers 1 again.
+            if len(self._unanswered) < MAX_UNANSWERED:
+                self._unanswered[(key, owner, fence)] = attempt
+            raise
 
     async def holder(self, key: str) -> Holder | None:
         with as_store_unavailable(key):
