@@ -12,6 +12,7 @@ import contextlib
 import os
 import time
 import uuid
+import weakref
 from typing import Any
 
 import redis
@@ -46,6 +47,7 @@ from .redis_store import (
     glob_escape,
     handoff_us,
     key_prefix,
+    pack_evalsha,
     parse_holder,
     release_call,
     renew_call,
@@ -158,6 +160,17 @@ class AsyncRedisStore(AsyncLeaseStore):
         # id of a call whose reply never came (lost, or the caller was cancelled).
         self._unanswered: dict[tuple[str, str] | tuple[str, str, int], str] = {}
         self._shas: dict[str, str] = {}
+        pool = client.connection_pool
+        direct = (
+            type(client) is aioredis.Redis
+            and getattr(client, "single_connection_client", False) is False
+            and type(pool) is aioredis.ConnectionPool
+        )
+        self._pool: aioredis.ConnectionPool | None = pool if direct else None
+        self._encoding = pool.connection_kwargs.get("encoding", "utf-8")
+        self._read_timeout = pool.connection_kwargs.get("socket_timeout")
+        self._idle: list[Any] = []
+        self._conns: weakref.WeakSet[Any] = weakref.WeakSet()  # for aclose()
 
     @classmethod
     def from_url(
@@ -169,19 +182,72 @@ class AsyncRedisStore(AsyncLeaseStore):
 
     async def evalsha(self, script: str, numkeys: int, *keys_and_args: str | int) -> Any:
         """EVALSHA of one of RedisStore's scripts, loading every script (and checking the
-        server's version) when the server does not know it (new or restarted)."""
+        server's version) when the server does not know it (new or restarted).
+
+        As RedisStore's runner does, a plain pooled client's calls go out on connections
+        of the store's own, packed here: redis-py's pool checkout, retry wrapper and
+        general packer cost more than the round trip. A broken connection is dropped
+        and the call retried once on a new one; a call cut short (a timeout, a
+        cancellation) drops its connection, out of step with its replies."""
+        if self._pool is None or script not in self._shas:
+            return await self._evalsha_by_client(script, numkeys, keys_and_args)
+        for attempt in (0, 1):
+            conn = self._idle.pop() if self._idle else self._new_connection()
+            try:
+                try:
+                    reply = await self._send(conn, script, numkeys, keys_and_args)
+                except NoScriptError:
+                    await self._load_scripts()
+                    reply = await self._send(conn, script, numkeys, keys_and_args)
+            except redis.ResponseError:
+                self._idle.append(conn)  # the error reply was read: still in step
+                raise
+            except redis.ConnectionError:
+                await conn.disconnect(nowait=True)
+                if attempt:
+                    raise
+                continue
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await conn.disconnect(nowait=True)
+                raise
+            self._idle.append(conn)
+            return reply
+        raise AssertionError("unreachable")
+
+    async def _send(self, conn: Any, script: str, numkeys: int, args: tuple[str | int, ...]) -> Any:
+        packed = pack_evalsha(self._shas[script], numkeys, args, self._encoding)
+        await conn.send_packed_command(packed, check_health=False)
+        return await conn.read_response(timeout=self._read_timeout)
+
+    def _new_connection(self) -> Any:
+        """A connection whose writes have no timeout: with one small command in flight
+        the write never waits for the buffer, and redis-py would spend a task per write
+        on the timeout. The read has the client's socket timeout (see ``_send``)."""
+        assert self._pool is not None
+        kwargs = {**self._pool.connection_kwargs, "socket_timeout": None}
+        conn = self._pool.connection_class(**kwargs)
+        self._conns.add(conn)
+        return conn
+
+    async def _evalsha_by_client(
+        self, script: str, numkeys: int, keys_and_args: tuple[str | int, ...]
+    ) -> Any:
         sha = self._shas.get(script)
         if sha is not None:
             try:
                 return await self.client.evalsha(sha, numkeys, *keys_and_args)
             except NoScriptError:
                 pass
+        await self._load_scripts()
+        return await self.client.evalsha(self._shas[script], numkeys, *keys_and_args)
+
+    async def _load_scripts(self) -> None:
         server = await self.client.info("server")
         if isinstance(server, dict) and "redis_version" in server:
             check_server_version(f"redis_version:{server['redis_version']}")
         for text in _SCRIPTS:
             self._shas[text] = as_text(await self.client.script_load(text))
-        return await self.client.evalsha(self._shas[script], numkeys, *keys_and_args)
 
     def check_key(self, key: str) -> None:
         check_key_bytes(key, self.max_key_bytes, self.scheme)
@@ -255,6 +321,12 @@ class AsyncRedisStore(AsyncLeaseStore):
         return waiter
 
     async def aclose(self) -> None:
+        conns = list(self._conns)
+        self._idle.clear()
+        self._conns.clear()
+        for conn in conns:
+            with contextlib.suppress(*_ERRORS):
+                await conn.disconnect()
         closing = getattr(self.client, "aclose", None) or self.client.close
         await closing()
 

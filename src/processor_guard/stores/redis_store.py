@@ -486,6 +486,16 @@ class _PubSubWaiter(ReleaseWaiter):
                 self._pubsub.close()
 
 
+def pack_evalsha(sha: str, numkeys: int, args: tuple[str | int, ...], encoding: str) -> bytes:
+    """EVALSHA in RESP, packed here: redis-py's general packer costs microseconds."""
+    out = [b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n" % (len(args) + 3, sha.encode())]
+    out.append(b"$%d\r\n%d\r\n" % (len(str(numkeys)), numkeys))
+    for arg in args:
+        data = arg.encode(encoding) if type(arg) is str else str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
 class _ScriptRunner:
     """Runs a store's Lua scripts by EVALSHA, on a small set of connections of its own.
 
@@ -545,14 +555,7 @@ class _ScriptRunner:
         check_server_version(as_text(info))
 
     def _pack(self, script: Script, numkeys: int, args: tuple[str | int, ...]) -> bytes:
-        """EVALSHA in RESP, packed here: redis-py's general packer costs microseconds."""
-        enc = self._encoding
-        out = [b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n" % (len(args) + 3, script.sha.encode())]
-        out.append(b"$%d\r\n%d\r\n" % (len(str(numkeys)), numkeys))
-        for arg in args:
-            data = arg.encode(enc) if type(arg) is str else str(arg).encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        return b"".join(out)
+        return pack_evalsha(script.sha, numkeys, args, self._encoding)
 
     def evalsha(self, script: Script, numkeys: int, *keys_and_args: str | int) -> Any:
         """EVALSHA, loading the script once if the server does not know it (e.g. restarted).
