@@ -18,7 +18,6 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 
 from ..errors import StoreUnavailable
@@ -27,7 +26,6 @@ from .base import AcquireResult, Holder, check_key_bytes
 from .redis_store import (
     ACQUIRE_SCRIPT,
     BREAK_SCRIPT,
-    CLIENT_TIMEOUTS,
     HANDOFF_AFTER,
     HANDOVER_OWNER,
     HOLDER_SCRIPT,
@@ -44,6 +42,7 @@ from .redis_store import (
     as_text,
     break_call,
     check_server_version,
+    client_for,
     glob_escape,
     handoff_us,
     key_prefix,
@@ -176,8 +175,8 @@ class AsyncRedisStore(AsyncLeaseStore):
     def from_url(
         cls, url: str, *, prefix: str = "processor_guard", handoff_after: float = HANDOFF_AFTER
     ) -> AsyncRedisStore:
-        """A store on a new asyncio client for ``url``, with RedisStore's short timeouts."""
-        client = aioredis.Redis.from_url(url, **CLIENT_TIMEOUTS, retry=Retry(NoBackoff(), 1))
+        """A store on a new asyncio client for ``url`` (RedisStore's timeouts and retry)."""
+        client = client_for(url, aioredis.Redis, Retry)
         return cls(client, prefix=prefix, handoff_after=handoff_after)
 
     async def evalsha(self, script: str, numkeys: int, *keys_and_args: str | int) -> Any:

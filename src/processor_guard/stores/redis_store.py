@@ -262,6 +262,14 @@ CLIENT_TIMEOUTS: dict[str, Any] = {
     "socket_connect_timeout": CONNECT_TIMEOUT,
     "socket_timeout": SOCKET_TIMEOUT,
 }
+
+
+def client_for(url: str, client_class: Any, retry_class: Any) -> Any:
+    """A (sync or asyncio) client for ``url`` with the stores' short timeouts, so outages
+    surface fast, and redis-py's single retry on a broken connection."""
+    return client_class.from_url(url, **CLIENT_TIMEOUTS, retry=retry_class(NoBackoff(), 1))
+
+
 # A cluster client's "no node reachable" is not a RedisError.
 _ERRORS = (redis.RedisError, RedisClusterException, OSError)
 # A single node's (or a Sentinel-managed primary's) client, or a cluster's.
@@ -661,9 +669,8 @@ class RedisStore(LeaseStore):
     def from_url(
         cls, url: str, *, prefix: str = "processor_guard", handoff_after: float = HANDOFF_AFTER
     ) -> RedisStore:
-        """A store on a new client for ``url``, with short timeouts so outages surface fast."""
-        client = redis.Redis.from_url(url, **CLIENT_TIMEOUTS, retry=Retry(NoBackoff(), 1))
-        return cls(client, prefix=prefix, handoff_after=handoff_after)
+        """A store on a new client for ``url`` (see ``client_for``)."""
+        return cls(client_for(url, redis.Redis, Retry), prefix=prefix, handoff_after=handoff_after)
 
     @property
     def prefix(self) -> str:
