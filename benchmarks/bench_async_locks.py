@@ -15,7 +15,6 @@ sync API); p50/p99 per cycle.
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import time
 import uuid
@@ -23,27 +22,24 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .bench_locks import KEY_DAY, RELEASE_LUA, TTL, start_redis
-from .timing import summarise
+from .timing import blocks, summarise
 
 
 async def _time_cycles(
     fns: dict[str, Callable[[], Awaitable[None]]], *, per_round: int, rounds: int, warmup: int
 ) -> dict[str, list[float]]:
-    """Each awaited call's duration in µs, per function, the order rotated per round."""
+    """timing.time_cycles for coroutines: each awaited call's duration in µs."""
     for fn in fns.values():
         for _ in range(warmup):
             await fn()
     samples: dict[str, list[float]] = {name: [] for name in fns}
     clock = time.perf_counter_ns
-    names = list(fns)
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            fn, out = fns[name], samples[name]
-            gc.collect()
-            for _ in range(per_round):
-                t0 = clock()
-                await fn()
-                out.append((clock() - t0) / 1000)
+    for name in blocks(list(fns), rounds):
+        fn, out = fns[name], samples[name]
+        for _ in range(per_round):
+            t0 = clock()
+            await fn()
+            out.append((clock() - t0) / 1000)
     return samples
 
 

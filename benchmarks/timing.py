@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -33,16 +33,22 @@ def time_cycles(
             fn()
     samples: dict[str, list[float]] = {name: [] for name in fns}
     clock = time.perf_counter_ns
-    names = list(fns)
+    for name in blocks(list(fns), rounds):
+        fn, out = fns[name], samples[name]
+        for _ in range(cycles_per_round):
+            t0 = clock()
+            fn()
+            out.append((clock() - t0) / scale_ns)
+    return samples
+
+
+def blocks(names: list[str], rounds: int) -> Iterator[str]:
+    """Whose block of cycles runs next: every name once a round, the order rotated per
+    round so drift hits all of them; garbage collected before each block."""
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            fn, out = fns[name], samples[name]
             gc.collect()
-            for _ in range(cycles_per_round):
-                t0 = clock()
-                fn()
-                out.append((clock() - t0) / scale_ns)
-    return samples
+            yield name
 
 
 def summarise(

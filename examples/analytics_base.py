@@ -27,6 +27,7 @@ from processor_guard import (
     TABLES,
     CompletionTracker,
     GuardError,
+    MergeResult,
     dedupe_rows,
     guarded,
     safe_merge,
@@ -75,30 +76,41 @@ class AnalyticsProcessorBase:
             log.exception("%s failed for %s", self.table, opts.get("end_date"))
             return False
         # Still under the lease: completion can never run ahead of the data.
-        for day in date_range(opts["start_date"], opts["end_date"]):
-            iso = day.isoformat()
+        for day, covered in self.days_covered(opts, rows):
             state = self.tracker.record(
-                iso,
-                self.table,
-                execution_id=run_id,
-                record_count=written,
-                covered=self.covered(rows, iso),
+                day, self.table, execution_id=run_id, record_count=written, covered=covered
             )
             if state.waiting_for_publish:
                 raise TriggerPending(state)
         return True
 
+    def days_covered(
+        self, opts: dict[str, Any], rows: list[dict[str, Any]]
+    ) -> list[tuple[str, list[str]]]:
+        """Each date of the run with what the run covered on it, to record completion."""
+        days = date_range(opts["start_date"], opts["end_date"])
+        return [(d.isoformat(), self.covered(rows, d.isoformat())) for d in days]
+
     def save(self, rows: list[dict[str, Any]]) -> int:
         """Dedup, then one fenced MERGE that retries only real write conflicts; rows kept."""
+        rows = self.deduped(rows)
+        # fence=None: the fence of the lease run() holds
+        self.merged(safe_merge(self.warehouse, self.target, rows, **self.merge_keys))
+        return len(rows)
+
+    @property
+    def target(self) -> str:
+        return f"{self.dataset}.{self.table}"
+
+    @property
+    def merge_keys(self) -> dict[str, Any]:
+        return {"keys": self.spec.keys, "partition_field": self.spec.partition_field}
+
+    def deduped(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows, report = dedupe_rows(rows, keys=self.spec.keys, order_by=self.spec.order_by)
         if report.dropped_rows:
             log.warning("%s: dropped %d duplicate rows", self.table, report.dropped_rows)
-        result = safe_merge(
-            self.warehouse,
-            f"{self.dataset}.{self.table}",
-            rows,
-            keys=self.spec.keys,
-            partition_field=self.spec.partition_field,
-        )  # fence=None: the fence of the lease run() holds
+        return rows
+
+    def merged(self, result: MergeResult) -> None:
         log.info("%s: %d inserted, %d updated", self.table, result.inserted, result.updated)
-        return len(rows)

@@ -37,6 +37,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import make_server
@@ -72,43 +73,51 @@ def parse_push(body: bytes) -> dict[str, Any]:
     }
 
 
+def answer_for(exc: Exception) -> tuple[int, str, dict[str, str]]:
+    """The status, text and headers that answer a push whose processing raised ``exc``
+    (the contract above; the async endpoint answers with the same)."""
+    if isinstance(exc, ConfigError):
+        return 400, f"{exc}\n", {}
+    if isinstance(exc, LockBusy):
+        # Retryable: another instance is on this date right now.
+        return 409, f"{exc}\n", {"Retry-After": str(max(1, round(exc.remaining or 1)))}
+    if isinstance(exc, TriggerPending):
+        return 503, f"{exc}\n", {"Retry-After": str(max(1, round(exc.retry_after)))}
+    log.error("processing failed", exc_info=exc)  # LeaseLost, StaleFence, anything else
+    return 500, f"{type(exc).__name__}: {exc}\n", {}
+
+
 def make_app(make_processor: Callable[[], Processor]) -> Callable[..., Iterable[bytes]]:
     """A WSGI app that runs one processor per push request."""
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         def answer(
-            status: str, text: str = "", headers: tuple[tuple[str, str], ...] = ()
+            status: int, text: str = "", headers: Mapping[str, str] | None = None
         ) -> list[bytes]:
-            start_response(status, [("Content-Type", "text/plain"), *headers])
+            line = f"{status} {HTTPStatus(status).phrase}"
+            start_response(line, [("Content-Type", "text/plain"), *(headers or {}).items()])
             return [text.encode()]
 
         if environ["REQUEST_METHOD"] != "POST":
-            return answer("405 Method Not Allowed", "POST a Pub/Sub push message\n")
+            return answer(405, "POST a Pub/Sub push message\n")
         length = int(environ.get("CONTENT_LENGTH") or 0)
         try:
             opts = parse_push(environ["wsgi.input"].read(length))
             ok = make_processor().run(opts)
-        except ConfigError as exc:
-            return answer("400 Bad Request", f"{exc}\n")
-        except LockBusy as busy:
-            # Retryable: another instance is on this date right now.
-            wait = max(1, round(busy.remaining or 1))
-            return answer("409 Conflict", f"{busy}\n", (("Retry-After", str(wait)),))
-        except TriggerPending as pending:
-            wait = max(1, round(pending.retry_after))
-            return answer("503 Service Unavailable", f"{pending}\n", (("Retry-After", str(wait)),))
-        except Exception as exc:  # LeaseLost, StaleFence, anything unexpected
-            log.exception("processing failed")
-            return answer("500 Internal Server Error", f"{type(exc).__name__}: {exc}\n")
+        except Exception as exc:
+            return answer(*answer_for(exc))
         if not ok:
-            return answer("500 Internal Server Error", "processor reported failure\n")
-        return answer("204 No Content")
+            return answer(500, "processor reported failure\n")
+        return answer(204)
 
     return app
 
 
-def make_processor_from_env(environ: Mapping[str, str] = os.environ) -> Callable[[], Processor]:
-    """A factory of player_game_summary processors configured by environment variables.
+def make_processor_from_env(
+    environ: Mapping[str, str] = os.environ, processor_class: type[Any] | None = None
+) -> Callable[[], Processor]:
+    """A factory of player_game_summary processors (``processor_class``, by default
+    ``PlayerGameSummaryProcessor``) configured by environment variables.
 
     ``PROCESSOR_GUARD_STORE``     lease store URL (redis://, firestore://, sqlite:///).
     ``PROCESSOR_GUARD_WAREHOUSE`` duckdb:///path or bigquery://PROJECT/DATASET
@@ -151,7 +160,8 @@ def make_processor_from_env(environ: Mapping[str, str] = os.environ) -> Callable
         publisher(publish_spec) if publish_spec else None,
         required=scheduled_games,
     )
-    return lambda: PlayerGameSummaryProcessor(warehouse, tracker, dataset=dataset)
+    cls = processor_class or PlayerGameSummaryProcessor
+    return lambda: cls(warehouse, tracker, dataset=dataset)
 
 
 def _open_warehouse(url: str, create_sql: str) -> tuple[Any, str]:

@@ -413,6 +413,51 @@ class Lease:
         return None
 
 
+class LeaseUpkeep:
+    """What the code that renews and releases a lease tells it and asks it: the keeper
+    thread here, the renewal task and the async exit in ``leases_async``. Internal to
+    the library (not API): ``upkeep(lease)`` gives it."""
+
+    __slots__ = ("_lease",)
+
+    def __init__(self, lease: Lease) -> None:
+        self._lease = lease
+
+    def now(self) -> float:
+        """The lease's clock (its deadline is on this clock)."""
+        return self._lease._clock()
+
+    def expire_if_due(self) -> None:
+        """Mark the lease lost when its deadline has passed."""
+        self._lease._expire_if_due()
+
+    def renew_failed(self, exc: Exception) -> float | None:
+        """A renewal raised: when to retry (monotonic), None once the deadline passed."""
+        return self._lease._renew_failed(exc)
+
+    def renewed(self, ok: bool, started: float) -> float | None:
+        """A renewal sent at ``started`` answered: when to renew next, None when done."""
+        return self._lease._renewed(ok, started)
+
+    def finish_start(self) -> tuple[bool, str | None]:
+        """The block ended: (True, None) when the store must be told, else (False, the
+        loss reason or None)."""
+        return self._lease._finish_start()
+
+    def release_failed(self, exc: Exception) -> None:
+        """The release raised: logged; the lease expires by itself."""
+        self._lease._release_failed(exc)
+
+    def release_answered(self, freed: bool) -> str | None:
+        """The release answered: the loss reason when the store no longer held it."""
+        return self._lease._release_answered(freed)
+
+
+def upkeep(lease: Lease) -> LeaseUpkeep:
+    """The renewal and release bookkeeping of ``lease`` (internal, see LeaseUpkeep)."""
+    return LeaseUpkeep(lease)
+
+
 # Every active lease of this process, by key: finds a lease held in another thread or
 # context (current_lease(..., for_write=True)) and what a dying keeper must mark lost.
 _held: dict[str, list[Lease]] = {}

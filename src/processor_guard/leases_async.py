@@ -8,9 +8,11 @@ module only awaits the store instead of calling it:
   async store: its client belongs to the loop. A blocked loop renews nothing, and hides
   nothing either: ``check()`` compares the lease's own deadline with the clock, so the
   first check after the deadline raises LeaseLost, as does leaving the block.
-- A cancelled task still releases its leases (the release is shielded from a second
-  cancellation); an acquisition attempt or a waiter's queueing cut short by a
-  cancellation is completed and then undone, so no lease or queue place is left behind.
+- A cancelled task still releases its leases; an acquisition attempt or a waiter's
+  queueing cut short by a cancellation is completed and then undone, so no lease or
+  queue place is left behind. The fast path (an attempt, a release) awaits the store
+  directly: only a cancellation pays for a clean-up task (the stores answer a repeated
+  call for a cancelled one, see AsyncLeaseStore).
 - ``current_lease()`` reads a context variable: tasks created inside the block copy it.
 """
 
@@ -27,7 +29,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from .errors import ConfigError, LeaseLost, LockBusy
-from .leases import STORE_ENV, Lease, date_lock
+from .leases import STORE_ENV, Lease, date_lock, upkeep
 from .stores import (
     AcquireResult,
     AsyncLeaseStore,
@@ -77,36 +79,50 @@ def resolve_async_store(store: object) -> AsyncLeaseStore:
     return opened[url]
 
 
-async def _even_if_cancelled(
-    step: Coroutine[Any, Any, T], undo: Callable[[T], Awaitable[object]]
-) -> T:
-    """Await ``step``; if the caller is cancelled meanwhile, let it finish, ``undo`` its
-    result, then let the cancellation through."""
+# Clean-ups started by a cancellation, kept referenced until they end.
+_settling: set[asyncio.Future[Any]] = set()
+
+
+async def _run_to_the_end(step: Coroutine[Any, Any, T]) -> T:
+    """Await ``step`` as a task of its own: a further cancellation of the caller stops
+    the waiting, not the step. Only for clean-ups after a cancellation: the task and the
+    shield cost loop turns that the fast path does without."""
     task = asyncio.ensure_future(step)
+    _settling.add(task)
+    task.add_done_callback(_settling.discard)
+    return await asyncio.shield(task)
+
+
+async def _attempt(
+    store: AsyncLeaseStore, key: str, owner: str, ttl: float, waiter: AsyncReleaseWaiter | None
+) -> AcquireResult:
+    """One acquisition attempt. Cancelled before its answer, it may still have taken the
+    lease: the same call again answers for it (AsyncLeaseStore's contract), and what it
+    took is given back before the cancellation goes on."""
     try:
-        return await asyncio.shield(task)
+        return await store.try_acquire(key, owner, ttl, waiter=waiter)
     except asyncio.CancelledError:
         with contextlib.suppress(Exception):
-            await undo(await task)
+            await _run_to_the_end(_give_back(store, key, owner, ttl))
         raise
+
+
+async def _give_back(store: AsyncLeaseStore, key: str, owner: str, ttl: float) -> None:
+    result = await store.try_acquire(key, owner, ttl)
+    if result.acquired and result.fence is not None:
+        await store.release(key, owner, result.fence)
 
 
 async def _acquire(store: AsyncLeaseStore, request: Any) -> Lease:
     """leases._acquire, awaited: attempts until acquired or the wait budget is spent."""
     key, owner, ttl, clock = request.key, request.owner, request.ttl, request.clock
     give_up = clock() + request.wait
-
-    async def give_back(result: AcquireResult) -> None:
-        if result.acquired and result.fence is not None:
-            await store.release(key, owner, result.fence)
-
     attempt = 0
     waiter: AsyncReleaseWaiter | None = None
     try:
         while True:
             started = clock()
-            trying = store.try_acquire(key, owner, ttl, waiter=waiter)
-            result = await _even_if_cancelled(trying, give_back)
+            result = await _attempt(store, key, owner, ttl, waiter)
             if result.acquired:
                 assert result.fence is not None
                 lease: Lease = request.new_lease(store, result.fence, started)
@@ -114,28 +130,40 @@ async def _acquire(store: AsyncLeaseStore, request: Any) -> Lease:
             pause = request.next_pause(result.holder, give_up, attempt)
             if waiter is None:
                 # Queue before the next attempt so a release in between is not missed.
-                waiter = await _even_if_cancelled(store.release_waiter(key), _close)
+                waiter = await _queue(store, key)
                 continue
             await waiter.wait(pause)
             attempt += 1
     finally:
         if waiter is not None:
-            await asyncio.shield(waiter.close())
+            await _run_to_the_end(waiter.close())
 
 
-async def _close(waiter: AsyncReleaseWaiter) -> None:
-    await waiter.close()
+async def _queue(store: AsyncLeaseStore, key: str) -> AsyncReleaseWaiter:
+    """A waiter in ``key``'s queue; queueing cut short by a cancellation is completed
+    and then undone (off the fast path: only a busy key gets here)."""
+    queueing = asyncio.ensure_future(store.release_waiter(key))
+    try:
+        return await asyncio.shield(queueing)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await _run_to_the_end(_leave_queue(queueing))
+        raise
+
+
+async def _leave_queue(queueing: asyncio.Future[AsyncReleaseWaiter]) -> None:
+    await (await queueing).close()
 
 
 async def _keep(lease: Lease, store: AsyncLeaseStore) -> None:
     """Renew ``lease`` every ttl/3 until it ends; mark it lost at its deadline."""
-    clock = lease._clock
-    next_renewal = clock()
+    book = upkeep(lease)
+    next_renewal = book.now()
     while lease.active:
-        now = clock()
+        now = book.now()
         left = lease.remaining
         if left <= 0:
-            lease._expire_if_due()
+            book.expire_if_due()
             return
         if now < next_renewal:
             await asyncio.sleep(min(next_renewal - now, left))
@@ -145,29 +173,36 @@ async def _keep(lease: Lease, store: AsyncLeaseStore) -> None:
             renewing = store.renew(lease.key, lease.owner, lease.fence, lease.ttl)
             ok = await asyncio.wait_for(renewing, timeout=max(left, 0.001))
         except asyncio.TimeoutError:
-            follow = lease._renew_failed(TimeoutError("no answer before the lease's deadline"))
+            follow = book.renew_failed(TimeoutError("no answer before the lease's deadline"))
         except Exception as exc:
-            follow = lease._renew_failed(exc)
+            follow = book.renew_failed(exc)
         else:
-            follow = lease._renewed(ok, now)
+            follow = book.renewed(ok, now)
         if follow is None:
             return
         next_renewal = follow
 
 
 async def _finish(lease: Lease, store: AsyncLeaseStore) -> str | None:
-    """Lease._finish, awaited; shielded, so a second cancellation cannot stop it."""
-    must_release, reason = lease._finish_start()
+    """Lease._finish, awaited. A release cancelled before its answer is sent again (the
+    same call answers for it) as a task a further cancellation cannot stop."""
+    book = upkeep(lease)
+    must_release, reason = book.finish_start()
     if not must_release:
         return reason
     try:
-        freed = await asyncio.shield(store.release(lease.key, lease.owner, lease.fence))
+        try:
+            freed = await store.release(lease.key, lease.owner, lease.fence)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await _run_to_the_end(store.release(lease.key, lease.owner, lease.fence))
+            raise
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        lease._release_failed(exc)
+        book.release_failed(exc)
         return None
-    return lease._release_answered(freed)
+    return book.release_answered(freed)
 
 
 class AsyncHold:

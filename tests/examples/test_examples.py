@@ -202,7 +202,9 @@ def endpoint(env: Env) -> Iterator[tuple[Env, int, list[type[Any]]]]:
         thread.join(5)
 
 
-def _push(port: int, payload: object, *, raw: bytes | None = None) -> tuple[int, dict[str, str]]:
+def post_push(
+    port: int, payload: object, *, raw: bytes | None = None
+) -> tuple[int, dict[str, str]]:
     data = base64.b64encode(json.dumps(payload).encode()).decode()
     body = (
         raw
@@ -223,24 +225,24 @@ def _push(port: int, payload: object, *, raw: bytes | None = None) -> tuple[int,
 
 def test_push_endpoint_statuses_over_http(endpoint: tuple[Env, int, list[type[Any]]]) -> None:
     env, port, chosen = endpoint
-    assert _push(port, {"game_date": DAY})[0] == 204
+    assert post_push(port, {"game_date": DAY})[0] == 204
     assert env.counts() == (ALL_ROWS, ALL_ROWS)
 
     # Busy: retryable 409 with Retry-After, so Pub/Sub redelivers instead of acking.
     with date_lock("player_game_summary", DAY, store=env.store_url, ttl=10, owner="other"):
-        status, headers = _push(port, {"game_date": DAY})
+        status, headers = post_push(port, {"game_date": DAY})
     assert status == 409
     assert int(headers["retry-after"]) >= 1
 
-    assert _push(port, None, raw=b"not json")[0] == 400
-    assert _push(port, {"game_date": "2026-2-3"})[0] == 400
+    assert post_push(port, None, raw=b"not json")[0] == 400
+    assert post_push(port, {"game_date": "2026-2-3"})[0] == 400
 
     class Broken(PlayerGameSummaryProcessor):
         def extract(self, opts: dict[str, Any]) -> list[dict[str, Any]]:
             raise RuntimeError("gamebook table unreachable")
 
     chosen[0] = Broken
-    assert _push(port, {"game_date": DAY})[0] == 500
+    assert post_push(port, {"game_date": DAY})[0] == 500
     assert env.counts() == (ALL_ROWS, ALL_ROWS)
 
 
@@ -271,8 +273,8 @@ def test_push_endpoint_script_serves_pubsub_pushes(tmp_path: Path) -> None:
     )
     try:
         wait_until(lambda: port_open(port), 30, "examples/push_endpoint.py")
-        assert _push(port, {"game_date": DAY})[0] == 204
-        assert _push(port, {"game_date": DAY})[0] == 204  # a redelivery: still one row each
+        assert post_push(port, {"game_date": DAY})[0] == 204
+        assert post_push(port, {"game_date": DAY})[0] == 204  # a redelivery: still one row each
     finally:
         stop_process(proc)
     con = duckdb.connect(str(tmp_path / "warehouse.duckdb"))
@@ -355,9 +357,9 @@ def test_push_endpoint_answers_retryable_while_the_trigger_is_pending(tmp_path: 
         make_app(lambda: PlayerGameSummaryProcessor(warehouse, tracker, dataset="main"))
     )
     try:
-        assert _push(port, {"game_date": DAY, "games": 2})[0] == 204  # partial: nothing due
+        assert post_push(port, {"game_date": DAY, "games": 2})[0] == 204  # partial: nothing due
         assert published == [] and not tracker.state(DAY).trigger_pending
-        status, headers = _push(port, {"game_date": DAY})
+        status, headers = post_push(port, {"game_date": DAY})
         assert status == 503 and int(headers["retry-after"]) >= 1
         # A caller that claimed the trigger and died: the redelivery must not be acked.
         from google.cloud import firestore
@@ -374,12 +376,12 @@ def test_push_endpoint_answers_retryable_while_the_trigger_is_pending(tmp_path: 
                 }
             }
         )
-        status, headers = _push(port, {"game_date": DAY})
+        status, headers = post_push(port, {"game_date": DAY})
         assert status == 503 and int(headers["retry-after"]) >= 1 and published == []
         tracker.doc_ref(DAY).update({"_trigger_claim.ttl": 0.0})  # the dead caller's claim ends
-        assert _push(port, {"game_date": DAY})[0] == 204
+        assert post_push(port, {"game_date": DAY})[0] == 204
         assert published == [DAY]
-        assert _push(port, {"game_date": DAY})[0] == 204 and published == [DAY]
+        assert post_push(port, {"game_date": DAY})[0] == 204 and published == [DAY]
     finally:
         server.shutdown()
         server.server_close()

@@ -155,6 +155,44 @@ def test_a_task_cancelled_inside_the_block_releases_its_lease() -> None:
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def test_an_acquisition_cancelled_at_any_point_leaves_no_lease(
+    kind: str, tmp_path: Any, request: pytest.FixtureRequest
+) -> None:
+    """The acquire and release calls are awaited without a shielding task: cut short at
+    each of their suspension points, the lease is still given back (the repeated call
+    answers for the cancelled one), and the next acquisition finds the date free."""
+    if kind == "redis":
+        url = request.getfixturevalue("redis_url")
+    else:
+        url = f"sqlite:///{tmp_path}/leases.db"
+
+    async def main() -> list[int]:
+        store = open_async_store(url)
+        entered: list[int] = []
+
+        async def take(steps: int) -> None:
+            async with date_lock("cut", DAY, store=store, ttl=10, owner=f"cut-{steps}"):
+                entered.append(steps)
+
+        try:
+            for steps in range(40):
+                task = asyncio.create_task(take(steps))
+                for _ in range(steps):
+                    await asyncio.sleep(0)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                assert await store.holders() == [], f"left behind after {steps} steps"
+            async with date_lock("cut", DAY, store=store, ttl=10, wait=0):
+                pass
+        finally:
+            await store.aclose()
+        return entered
+
+    entered = asyncio.run(main())
+    assert entered and entered != list(range(40))  # cancelled inside and before the block
+
+
 @pytest.mark.redis
 def test_a_cancelled_redis_waiter_leaves_no_queue_state(redis_url: str) -> None:
     async def main() -> None:

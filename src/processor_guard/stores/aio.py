@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, ClassVar, TypeVar
 
 from .._backoff import full_jitter
@@ -68,6 +67,12 @@ class AsyncLeaseStore(ABC):
 
     ``try_acquire`` takes the waiter the caller is waiting with (from
     ``release_waiter``), so a store with a queue of waiters acquires as that waiter.
+
+    ``try_acquire`` and ``release`` cancelled before their answer may still take effect:
+    the next identical call (same key and owner, and fence for a release) answers for
+    the cancelled one too (it acquired: acquired with that fence; it released: True).
+    So the caller awaits them directly, and only after a cancellation repeats them to
+    learn the outcome (see leases_async).
     """
 
     scheme: ClassVar[str] = ""
@@ -123,14 +128,32 @@ class ThreadedStore(AsyncLeaseStore):
         self.scheme = store.scheme  # type: ignore[misc]
         self._inline = inline
         self._pool: ThreadPoolExecutor | None = None
+        # Calls whose awaiting was cancelled while their thread ran on, by their
+        # arguments: the next identical call gets their answer.
+        self._running_on: dict[tuple[Any, ...], Future[Any]] = {}
+
+    def _submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(MAX_THREADS, thread_name_prefix="processor_guard-aio")
+        return self._pool.submit(fn, *args)
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         if self._inline:
             return fn(*args)
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(MAX_THREADS, thread_name_prefix="processor_guard-aio")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(fn, *args))
+        return await asyncio.wrap_future(self._submit(fn, *args))
+
+    async def _answered_once(self, fn: Callable[..., T], *args: Any) -> T:
+        """``_call``, whose answer a cancelled caller leaves to the next identical call."""
+        if self._inline:
+            return fn(*args)  # on the loop: nothing is cut short
+        call = (fn.__name__, *args)
+        running = self._running_on.pop(call, None) or self._submit(fn, *args)
+        try:
+            return await asyncio.wrap_future(running)
+        except asyncio.CancelledError:
+            if not running.cancelled():  # its thread ran it or runs it: keep the answer
+                self._running_on[call] = running
+            raise
 
     def check_key(self, key: str) -> None:
         self.store.check_key(key)
@@ -138,13 +161,13 @@ class ThreadedStore(AsyncLeaseStore):
     async def try_acquire(
         self, key: str, owner: str, ttl: float, *, waiter: AsyncReleaseWaiter | None = None
     ) -> AcquireResult:
-        return await self._call(self.store.try_acquire, key, owner, ttl)
+        return await self._answered_once(self.store.try_acquire, key, owner, ttl)
 
     async def renew(self, key: str, owner: str, fence: int, ttl: float) -> bool:
         return await self._call(self.store.renew, key, owner, fence, ttl)
 
     async def release(self, key: str, owner: str, fence: int) -> bool:
-        return await self._call(self.store.release, key, owner, fence)
+        return await self._answered_once(self.store.release, key, owner, fence)
 
     async def holder(self, key: str) -> Holder | None:
         return await self._call(self.store.holder, key)

@@ -12,12 +12,12 @@ import contextlib
 import os
 import time
 import uuid
+import weakref
 from typing import Any
 
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 
 from ..errors import StoreUnavailable
@@ -26,7 +26,6 @@ from .base import AcquireResult, Holder, check_key_bytes
 from .redis_store import (
     ACQUIRE_SCRIPT,
     BREAK_SCRIPT,
-    CLIENT_TIMEOUTS,
     HANDOFF_AFTER,
     HANDOVER_OWNER,
     HOLDER_SCRIPT,
@@ -43,9 +42,11 @@ from .redis_store import (
     as_text,
     break_call,
     check_server_version,
+    client_for,
     glob_escape,
     handoff_us,
     key_prefix,
+    pack_evalsha,
     parse_holder,
     release_call,
     renew_call,
@@ -154,33 +155,98 @@ class AsyncRedisStore(AsyncLeaseStore):
         self.client = client
         self.prefix = prefix
         self.after_us = handoff_us(handoff_after)
-        # (key, owner) -> attempt id of an acquisition whose reply never came.
-        self._unanswered: dict[tuple[str, str], str] = {}
+        # (key, owner) of an acquisition, (key, owner, fence) of a release -> the attempt
+        # id of a call whose reply never came (lost, or the caller was cancelled).
+        self._unanswered: dict[tuple[str, str] | tuple[str, str, int], str] = {}
         self._shas: dict[str, str] = {}
+        pool = client.connection_pool
+        direct = (
+            type(client) is aioredis.Redis
+            and getattr(client, "single_connection_client", False) is False
+            and type(pool) is aioredis.ConnectionPool
+        )
+        self._pool: aioredis.ConnectionPool | None = pool if direct else None
+        self._encoding = pool.connection_kwargs.get("encoding", "utf-8")
+        self._read_timeout = pool.connection_kwargs.get("socket_timeout")
+        self._idle: list[Any] = []
+        self._conns: weakref.WeakSet[Any] = weakref.WeakSet()  # for aclose()
 
     @classmethod
     def from_url(
         cls, url: str, *, prefix: str = "processor_guard", handoff_after: float = HANDOFF_AFTER
     ) -> AsyncRedisStore:
-        """A store on a new asyncio client for ``url``, with RedisStore's short timeouts."""
-        client = aioredis.Redis.from_url(url, **CLIENT_TIMEOUTS, retry=Retry(NoBackoff(), 1))
+        """A store on a new asyncio client for ``url`` (RedisStore's timeouts and retry)."""
+        client = client_for(url, aioredis.Redis, Retry)
         return cls(client, prefix=prefix, handoff_after=handoff_after)
 
     async def evalsha(self, script: str, numkeys: int, *keys_and_args: str | int) -> Any:
         """EVALSHA of one of RedisStore's scripts, loading every script (and checking the
-        server's version) when the server does not know it (new or restarted)."""
+        server's version) when the server does not know it (new or restarted).
+
+        As RedisStore's runner does, a plain pooled client's calls go out on connections
+        of the store's own, packed here: redis-py's pool checkout, retry wrapper and
+        general packer cost more than the round trip. A broken connection is dropped
+        and the call retried once on a new one; a call cut short (a timeout, a
+        cancellation) drops its connection, out of step with its replies."""
+        if self._pool is None or script not in self._shas:
+            return await self._evalsha_by_client(script, numkeys, keys_and_args)
+        for attempt in (0, 1):
+            conn = self._idle.pop() if self._idle else self._new_connection()
+            try:
+                try:
+                    reply = await self._send(conn, script, numkeys, keys_and_args)
+                except NoScriptError:
+                    await self._load_scripts()
+                    reply = await self._send(conn, script, numkeys, keys_and_args)
+            except redis.ResponseError:
+                self._idle.append(conn)  # the error reply was read: still in step
+                raise
+            except redis.ConnectionError:
+                await conn.disconnect(nowait=True)
+                if attempt:
+                    raise
+                continue
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await conn.disconnect(nowait=True)
+                raise
+            self._idle.append(conn)
+            return reply
+        raise AssertionError("unreachable")
+
+    async def _send(self, conn: Any, script: str, numkeys: int, args: tuple[str | int, ...]) -> Any:
+        packed = pack_evalsha(self._shas[script], numkeys, args, self._encoding)
+        await conn.send_packed_command(packed, check_health=False)
+        return await conn.read_response(timeout=self._read_timeout)
+
+    def _new_connection(self) -> Any:
+        """A connection whose writes have no timeout: with one small command in flight
+        the write never waits for the buffer, and redis-py would spend a task per write
+        on the timeout. The read has the client's socket timeout (see ``_send``)."""
+        assert self._pool is not None
+        kwargs = {**self._pool.connection_kwargs, "socket_timeout": None}
+        conn = self._pool.connection_class(**kwargs)
+        self._conns.add(conn)
+        return conn
+
+    async def _evalsha_by_client(
+        self, script: str, numkeys: int, keys_and_args: tuple[str | int, ...]
+    ) -> Any:
         sha = self._shas.get(script)
         if sha is not None:
             try:
                 return await self.client.evalsha(sha, numkeys, *keys_and_args)
             except NoScriptError:
                 pass
+        await self._load_scripts()
+        return await self.client.evalsha(self._shas[script], numkeys, *keys_and_args)
+
+    async def _load_scripts(self) -> None:
         server = await self.client.info("server")
         if isinstance(server, dict) and "redis_version" in server:
             check_server_version(f"redis_version:{server['redis_version']}")
         for text in _SCRIPTS:
             self._shas[text] = as_text(await self.client.script_load(text))
-        return await self.client.evalsha(self._shas[script], numkeys, *keys_and_args)
 
     def check_key(self, key: str) -> None:
         check_key_bytes(key, self.max_key_bytes, self.scheme)
@@ -195,7 +261,8 @@ class AsyncRedisStore(AsyncLeaseStore):
         try:
             with as_store_unavailable(key):
                 reply = await self.evalsha(ACQUIRE_SCRIPT, *call)
-        except StoreUnavailable:
+        except (StoreUnavailable, asyncio.CancelledError):
+            # The script may have run: the same call sends this attempt id again.
             if len(self._unanswered) < MAX_UNANSWERED:
                 self._unanswered[(key, owner)] = attempt
             raise
@@ -214,9 +281,16 @@ class AsyncRedisStore(AsyncLeaseStore):
 
     async def release(self, key: str, owner: str, fence: int) -> bool:
         kp = key_prefix(self.prefix, key)
-        with as_store_unavailable(key):
-            call = release_call(kp, owner, fence, self.after_us, os.urandom(8).hex())
-            return bool(await self.evalsha(RELEASE_SCRIPT, *call) == 1)
+        attempt = self._unanswered.pop((key, owner, fence), None) or os.urandom(8).hex()
+        try:
+            with as_store_unavailable(key):
+                call = release_call(kp, owner, fence, self.after_us, attempt)
+                return bool(await self.evalsha(RELEASE_SCRIPT, *call) == 1)
+        except (StoreUnavailable, asyncio.CancelledError):
+            # Sent again with this attempt id, a release that ran answers 1 again.
+            if len(self._unanswered) < MAX_UNANSWERED:
+                self._unanswered[(key, owner, fence)] = attempt
+            raise
 
     async def holder(self, key: str) -> Holder | None:
         with as_store_unavailable(key):
@@ -246,6 +320,12 @@ class AsyncRedisStore(AsyncLeaseStore):
         return waiter
 
     async def aclose(self) -> None:
+        conns = list(self._conns)
+        self._idle.clear()
+        self._conns.clear()
+        for conn in conns:
+            with contextlib.suppress(*_ERRORS):
+                await conn.disconnect()
         closing = getattr(self.client, "aclose", None) or self.client.close
         await closing()
 

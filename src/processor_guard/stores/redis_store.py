@@ -262,6 +262,14 @@ CLIENT_TIMEOUTS: dict[str, Any] = {
     "socket_connect_timeout": CONNECT_TIMEOUT,
     "socket_timeout": SOCKET_TIMEOUT,
 }
+
+
+def client_for(url: str, client_class: Any, retry_class: Any) -> Any:
+    """A (sync or asyncio) client for ``url`` with the stores' short timeouts, so outages
+    surface fast, and redis-py's single retry on a broken connection."""
+    return client_class.from_url(url, **CLIENT_TIMEOUTS, retry=retry_class(NoBackoff(), 1))
+
+
 # A cluster client's "no node reachable" is not a RedisError.
 _ERRORS = (redis.RedisError, RedisClusterException, OSError)
 # A single node's (or a Sentinel-managed primary's) client, or a cluster's.
@@ -486,6 +494,16 @@ class _PubSubWaiter(ReleaseWaiter):
                 self._pubsub.close()
 
 
+def pack_evalsha(sha: str, numkeys: int, args: tuple[str | int, ...], encoding: str) -> bytes:
+    """EVALSHA in RESP, packed here: redis-py's general packer costs microseconds."""
+    out = [b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n" % (len(args) + 3, sha.encode())]
+    out.append(b"$%d\r\n%d\r\n" % (len(str(numkeys)), numkeys))
+    for arg in args:
+        data = arg.encode(encoding) if type(arg) is str else str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
 class _ScriptRunner:
     """Runs a store's Lua scripts by EVALSHA, on a small set of connections of its own.
 
@@ -545,14 +563,7 @@ class _ScriptRunner:
         check_server_version(as_text(info))
 
     def _pack(self, script: Script, numkeys: int, args: tuple[str | int, ...]) -> bytes:
-        """EVALSHA in RESP, packed here: redis-py's general packer costs microseconds."""
-        enc = self._encoding
-        out = [b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n" % (len(args) + 3, script.sha.encode())]
-        out.append(b"$%d\r\n%d\r\n" % (len(str(numkeys)), numkeys))
-        for arg in args:
-            data = arg.encode(enc) if type(arg) is str else str(arg).encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-        return b"".join(out)
+        return pack_evalsha(script.sha, numkeys, args, self._encoding)
 
     def evalsha(self, script: Script, numkeys: int, *keys_and_args: str | int) -> Any:
         """EVALSHA, loading the script once if the server does not know it (e.g. restarted).
@@ -708,9 +719,8 @@ class RedisStore(LeaseStore):
     def from_url(
         cls, url: str, *, prefix: str = "processor_guard", handoff_after: float = HANDOFF_AFTER
     ) -> RedisStore:
-        """A store on a new client for ``url``, with short timeouts so outages surface fast."""
-        client = redis.Redis.from_url(url, **CLIENT_TIMEOUTS, retry=Retry(NoBackoff(), 1))
-        return cls(client, prefix=prefix, handoff_after=handoff_after)
+        """A store on a new client for ``url`` (see ``client_for``)."""
+        return cls(client_for(url, redis.Redis, Retry), prefix=prefix, handoff_after=handoff_after)
 
     @property
     def prefix(self) -> str:
