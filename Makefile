@@ -97,7 +97,11 @@ pytest-py$(1): .venv-py$(1)/.installed
 endef
 $(foreach v,$(PYTHON_VERSIONS),$(eval $(call python_version,$(v))))
 
-pytest-versions: $(foreach v,$(PYTHON_VERSIONS),pytest-py$(v))
+# The versions run side by side (each its own servers, ports and temp dirs): most of
+# their time is spent waiting on leases and servers, not on the CPU.
+pytest-versions:
+	$(MAKE) --no-print-directory -j$(words $(PYTHON_VERSIONS)) --output-sync=target \
+		$(foreach v,$(PYTHON_VERSIONS),pytest-py$(v))
 
 test: lint typecheck imports docs pytest pytest-versions
 

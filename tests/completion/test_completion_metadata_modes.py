@@ -26,11 +26,10 @@ DATE = "2026-02-03"
 MODES = {"overnight": "all", "same_day": CRITICAL}
 
 
-@pytest.fixture(params=["sqlite", "firestore"])
+@pytest.fixture(params=["sqlite", pytest.param("firestore", marks=pytest.mark.firestore)])
 def client(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     if request.param == "sqlite":
         return SQLiteDocumentClient(tmp_path / "completion.db")
-    request.applymarker(pytest.mark.firestore)
     return request.getfixturevalue("firestore_client")
 
 

@@ -28,11 +28,10 @@ MORNING_AFTER = dt.datetime(2026, 2, 4, 7, 0, tzinfo=orch.EASTERN)
 SAME_DAY = dt.datetime(2026, 2, 3, 10, 30, tzinfo=orch.EASTERN)
 
 
-@pytest.fixture(params=["sqlite", "firestore"])
+@pytest.fixture(params=["sqlite", pytest.param("firestore", marks=pytest.mark.firestore)])
 def client(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     if request.param == "sqlite":
         return SQLiteDocumentClient(tmp_path / "completion.db")
-    request.applymarker(pytest.mark.firestore)
     return request.getfixturevalue("firestore_client")
 
 

@@ -58,11 +58,10 @@ class Target:
         return self.wh.count_rows(self.table)
 
 
-@pytest.fixture(params=["bigquery", "duckdb"])
+@pytest.fixture(params=[pytest.param("bigquery", marks=pytest.mark.bigquery), "duckdb"])
 def target(request: pytest.FixtureRequest) -> Iterator[Target]:
     """An empty player_game_summary table on each engine."""
     if request.param == "bigquery":
-        request.applymarker(pytest.mark.bigquery)
         emulator = request.getfixturevalue("bigquery_emulator")
         client = emulator.client()
         yield Target("bigquery", client, emulator.create_player_game_summary(client))
