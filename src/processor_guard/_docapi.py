@@ -79,9 +79,7 @@ def delete_field() -> Any:
 
 def already_exists(message: str) -> Exception:
     google = _google()
-    error: Exception = (
-        google[0].AlreadyExists(message) if google else LocalAlreadyExists(message)
-    )
+    error: Exception = google[0].AlreadyExists(message) if google else LocalAlreadyExists(message)
     return error
 
 

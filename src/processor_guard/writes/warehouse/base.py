@@ -58,9 +58,7 @@ def plan_outcome(
 ) -> MergeOutcome:
     """What a save did, from the keys it found stored (``matched``) and updated (``newer``)."""
     inserted = 0 if plan.update_only else len(plan.rows) - matched
-    return MergeOutcome(
-        inserted, newer, matched - newer, missing_keys=missing, **details
-    )
+    return MergeOutcome(inserted, newer, matched - newer, missing_keys=missing, **details)
 
 
 class Warehouse(abc.ABC):
@@ -161,8 +159,7 @@ class Warehouse(abc.ABC):
         if self._fetch_schema(guard) is None:
             return None
         rows = self.query(
-            f"SELECT MAX(fence) AS fence FROM {self.quote_table(guard)} "
-            "WHERE partition_value = @p",
+            f"SELECT MAX(fence) AS fence FROM {self.quote_table(guard)} WHERE partition_value = @p",
             {"p": fence_partition_key(partition_value)},
         )
         value = rows[0]["fence"] if rows else None
@@ -172,6 +169,10 @@ class Warehouse(abc.ABC):
     @abc.abstractmethod
     def merge(self, plan: MergePlan, *, timeout: float | None = None) -> MergeOutcome:
         """One save attempt of a validated plan (no retries here), within ``timeout`` seconds."""
+
+    @abc.abstractmethod
+    def add_columns(self, table: str, columns: Sequence[Column]) -> None:
+        """Adds NULLABLE ``columns`` the table does not have yet (never changes one it has)."""
 
     @abc.abstractmethod
     def classify(self, exc: BaseException) -> str:
