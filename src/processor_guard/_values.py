@@ -12,8 +12,8 @@ import base64
 import datetime as dt
 import json
 import math
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
 from collections.abc import Mapping, Sequence
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
 from typing import Any, Protocol
 
 from .dates import UTC, parse_game_date, parse_instant

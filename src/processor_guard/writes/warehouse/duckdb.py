@@ -347,6 +347,7 @@ def _values_source(plan: MergePlan) -> tuple[str, list[Any]]:
     names = ", ".join(plan.column_names)
     # One level of UNNEST on the row struct: a recursive one would unnest ARRAY and
     # STRUCT columns too.
-    sql = f"(SELECT {names} FROM (SELECT UNNEST(pg_r) FROM (SELECT UNNEST(?::STRUCT({fields})[]) AS pg_r)))"
+    rows_sql = f"(SELECT UNNEST(?::STRUCT({fields})[]) AS pg_r)"
+    sql = f"(SELECT {names} FROM (SELECT UNNEST(pg_r) FROM {rows_sql}))"
     rows = [{c.name: _duck_value(row.get(c.name)) for c in plan.columns} for row in plan.rows]
     return sql, [rows]
