@@ -75,6 +75,13 @@ def _parse_date(value: object) -> dt.date:
     return parse_game_date(text, argument="DATE value")
 
 
+def _pandas_date(value: dt.datetime) -> dt.date | dt.datetime:
+    """A naive midnight from pandas/numpy (how they hold a date) as that date."""
+    if value.tzinfo is None and value.time() == dt.time():
+        return value.date()
+    return value
+
+
 def _parse_timestamp(value: object) -> dt.datetime:
     return parse_instant(value, argument="TIMESTAMP value")
 
@@ -358,11 +365,14 @@ def coerce(
     ``scale`` default to BigQuery's). Raises TypeError or ValueError when it cannot
     convert or the value does not fit.
     """
-    if type(value) not in _PLAIN_TYPES:
+    foreign = type(value) not in _PLAIN_TYPES
+    if foreign:
         value = plain_value(value)
     if value is None:
         return None
     kind = normalise_type(type_name)
+    if foreign and kind == "DATE" and isinstance(value, dt.datetime):
+        value = _pandas_date(value)
     parser = _PARSERS.get(kind)
     if parser is None:
         raise TypeError(f"column type {type_name} is not supported")
