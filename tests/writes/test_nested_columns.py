@@ -40,7 +40,8 @@ def _bigquery_nested(emulator: Any, client: Any) -> str:
             field("detail", "RECORD", fields=[
                 field("a", "INT64"),
                 field("tags", "STRING", mode="REPEATED"),
-                field("inner_s", "RECORD", fields=[field("x", "FLOAT64"), field("seen_at", "TIMESTAMP")]),
+                field("inner_s", "RECORD",
+                      fields=[field("x", "FLOAT64"), field("seen_at", "TIMESTAMP")]),
             ]),
             field("history", "RECORD", mode="REPEATED",
                   fields=[field("n", "INT64"), field("d", "DATE")]),
