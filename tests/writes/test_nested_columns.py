@@ -29,8 +29,9 @@ def _bigquery_nested(emulator: Any, client: Any) -> str:
     from google.cloud import bigquery
 
     field = bigquery.SchemaField
+    name = f"{emulator.new_dataset(client)}.nested"
     table = bigquery.Table(
-        f"{emulator.new_dataset(client)}.nested",
+        name,
         schema=[
             field("game_date", "DATE", mode="REQUIRED"),
             field("player_lookup", "STRING", mode="REQUIRED"),
@@ -49,7 +50,7 @@ def _bigquery_nested(emulator: Any, client: Any) -> str:
         ],
     )  # fmt: skip
     client.create_table(table)
-    return str(table.full_table_id).replace(":", ".")
+    return name
 
 
 @pytest.fixture(params=["duckdb", "bigquery-inline", "bigquery-staging"])
