@@ -281,7 +281,9 @@ class PlayerGameSummaryProcessor(UpstreamAnalyticsProcessor):
             row[f"source_{source}_rows_found"] = np.int64(1) if found else NAN
             row[f"source_{source}_completeness_pct"] = np.float64(100.0) if found else NAN
             row[f"source_{source}_hash"] = f"{source}:{box.player_lookup}" if found else None
-        row["data_hash"] = hashlib.sha256(repr(sorted(row.items())).encode()).hexdigest()[:16]
+        # The hash of the values, for change detection: not of when they were computed.
+        stable = sorted((k, v) for k, v in row.items() if k != "processed_at")
+        row["data_hash"] = hashlib.sha256(repr(stable).encode()).hexdigest()[:16]
         return row
 
 
