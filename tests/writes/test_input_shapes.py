@@ -58,7 +58,9 @@ def _frame() -> pd.DataFrame:
             "minutes_played": [Decimal("31.5"), None, np.float64(12.25)],
             "starter_flag": np.array([True, False, True]),
             "processed_at": [
-                pd.Timestamp("2026-02-03T23:00:00Z"), pd.NaT, pd.Timestamp("2026-02-03 22:00")
+                pd.Timestamp("2026-02-03T23:00:00Z"),
+                pd.NaT,
+                pd.Timestamp("2026-02-03 22:00"),
             ],
         }
     )
@@ -149,9 +151,7 @@ def test_string_keys_compare_as_strings_timestamp_keys_as_instants() -> None:
 
 
 @pytest.mark.parametrize("empty", [None, "", float("nan"), pd.NaT, "missing"])
-def test_empty_keys_are_refused_or_skipped_with_a_report(
-    pgs: tuple[Any, str], empty: Any
-) -> None:
+def test_empty_keys_are_refused_or_skipped_with_a_report(pgs: tuple[Any, str], empty: Any) -> None:
     client, table = pgs
     rows: list[dict[str, Any]] = [
         {"game_date": DAY, "player_lookup": name, "points": 1} for name in ("a", "b", "c")

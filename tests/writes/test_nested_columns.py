@@ -136,7 +136,7 @@ def test_arrays_and_structs_round_trip_with_null_fields(
         assert result.path == "staging"
     stored = _stored(client, table)
     full = stored["full"]
-    assert full["quality_issues"] == ["late_boxscore", "it's \"quoted\""]
+    assert full["quality_issues"] == ["late_boxscore", 'it\'s "quoted"']
     assert full["data_sources"] == ["nbac", "bdl"]
     assert full["detail"] == {
         "a": 1, "tags": ["x", "y"],
