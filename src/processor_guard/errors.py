@@ -115,13 +115,20 @@ class MergeFailed(GuardError):
         last_error: BaseException | None,
         rows: Sequence[dict[str, Any]],
         replay_path: str | None = None,
+        *,
+        replay_error: str | None = None,
     ) -> None:
         self.table = table
         self.attempts = attempts
         self.last_error = last_error
         self.rows = list(rows)
+        #: Where the batch was saved as NDJSON (a path, or what a ``replay_to`` callable
+        #: returned); None when saving it failed (``replay_error`` says why).
         self.replay_path = replay_path
+        self.replay_error = replay_error
         where = f"; batch saved to {replay_path}" if replay_path else ""
+        if replay_error:
+            where = f"; the batch could not be saved ({replay_error})"
         super().__init__(
             f"MERGE into {table!r} failed after {attempts} attempt(s): {last_error}{where}"
         )

@@ -227,3 +227,66 @@ def test_a_save_is_one_job_and_the_client_does_not_retry(
     assert kwargs["retry"] is None and kwargs["job_retry"] is None
     assert 0 < kwargs["timeout"] <= 120
     assert as_warehouse(client).count_rows(table) == 70
+
+
+def test_replay_goes_to_a_chosen_directory_named_in_merge_failed(
+    table_and_client: tuple[str, Any], tmp_path: Path
+) -> None:
+    table, client = table_and_client
+    faulty = FaultyClient(client, concurrent_update(table), fail=99)
+    with pytest.raises(MergeFailed) as info:  # the wrapped client itself (issue 14, item 10)
+        safe_merge(faulty, table, game_rows(DAY, 0), keys=KEYS, max_attempts=2,
+                   sleep=lambda s: None, replay_to=tmp_path / "replays")  # fmt: skip
+    saved = Path(str(info.value.replay_path))
+    assert saved.parent == tmp_path / "replays" and saved.name.endswith(".ndjson")
+    assert len(saved.read_text().splitlines()) == 35
+    assert str(saved) in str(info.value)
+
+
+def test_replay_goes_to_a_callable_that_uploads(table_and_client: tuple[str, Any]) -> None:
+    table, client = table_and_client
+    uploaded: dict[str, bytes] = {}
+
+    def upload(name: str, payload: bytes) -> str:
+        uploaded[name] = payload
+        return f"gs://replays/{name}"
+
+    faulty = FaultyClient(client, concurrent_update(table), fail=99)
+    with pytest.raises(MergeFailed) as info:
+        safe_merge(faulty, table, game_rows(DAY, 0), keys=KEYS, max_attempts=2,
+                   sleep=lambda s: None, replay_to=upload)  # fmt: skip
+    ((name, payload),) = uploaded.items()
+    assert info.value.replay_path == f"gs://replays/{name}"
+    assert f"batch saved to gs://replays/{name}" in str(info.value)
+    assert [json.loads(line)["game_date"] for line in payload.splitlines()] == ["2026-02-03"] * 35
+
+
+def test_a_failed_upload_is_reported_beside_the_merge_error(
+    table_and_client: tuple[str, Any],
+) -> None:
+    table, client = table_and_client
+
+    def upload(name: str, payload: bytes) -> str:
+        raise PermissionError("bucket refused the upload")
+
+    faulty = FaultyClient(client, concurrent_update(table), fail=99)
+    with pytest.raises(MergeFailed) as info:
+        safe_merge(faulty, table, game_rows(DAY, 0), keys=KEYS, max_attempts=2,
+                   sleep=lambda s: None, replay_to=upload)  # fmt: skip
+    assert info.value.replay_path is None
+    assert info.value.replay_error == "PermissionError: bucket refused the upload"
+    assert "could not be saved (PermissionError" in str(info.value)
+    assert isinstance(info.value.last_error, gexc.BadRequest)
+
+
+def test_as_warehouse_takes_anything_with_the_client_methods() -> None:
+    from unittest import mock
+
+    from google.cloud import bigquery
+
+    from processor_guard import ConfigError
+    from processor_guard.writes.warehouse import BigQueryWarehouse
+
+    assert isinstance(as_warehouse(mock.create_autospec(bigquery.Client)), BigQueryWarehouse)
+    with pytest.raises(ConfigError, match="an object with its methods: query, get_table"):
+        as_warehouse(object())

@@ -2,9 +2,13 @@
 
 Rules:
 
-- Key values compare after normalising: a ``date`` equals its ``"YYYY-MM-DD"``
-  string; timestamps (``datetime`` or ISO strings such as ``2026-02-03T10:00:00Z``)
-  compare as instants, a naive value being read as UTC.
+- Key values compare as given, with two exceptions: a ``date`` equals its
+  ``"YYYY-MM-DD"`` string, and ``datetime`` values compare as instants (a naive one
+  read as UTC). A string is compared as a string, as BigQuery compares STRING
+  columns: ``"2026-02-03T10:00:00Z"`` and ``"2026-02-03 10:00:00+00:00"`` are two
+  keys. Without a schema a TIMESTAMP written as text cannot be told from a STRING;
+  ``safe_merge`` converts values to their column's type before dedup, so there a
+  TIMESTAMP key compares as an instant and a STRING key as text.
 - ``keep="last"`` keeps the row with the greatest ``order_by`` value, ``"first"`` the
   least. A missing or None ``order_by`` sorts below every value. ``order_by`` values
   compare like key values (timestamps as instants).
@@ -38,9 +42,8 @@ log = logging.getLogger(__name__)
 
 _NO_VALUE = object()
 
-# ASCII digits only: a key string that does not start with 0-9 is never a timestamp.
+# ASCII digits only: an order_by string that does not start with 0-9 is never a timestamp.
 _TS_LIKE = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}", re.ASCII)
-_TS_LIKE_ANY = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}", re.ASCII | re.MULTILINE)
 
 
 @dataclass
@@ -67,11 +70,16 @@ def _check_keys(keys: Sequence[str]) -> tuple[str, ...]:
 
 
 def _norm_value(value: object) -> Hashable:
-    """Key normal form: dates as ISO text, timestamps as UTC instants in ISO text."""
+    """Key normal form: dates as ISO text, datetimes as aware UTC instants, else as given."""
     if isinstance(value, dt.datetime):
-        return parse_instant(value).isoformat()
+        return parse_instant(value)
     if isinstance(value, dt.date):
         return value.isoformat()
+    return value
+
+
+def _text_of(value: object) -> object:
+    """Content normal form of a string: a timestamp spelling as its UTC instant's ISO text."""
     if isinstance(value, str) and _TS_LIKE.match(value):
         try:
             return parse_instant(value).isoformat()
@@ -109,9 +117,13 @@ def _canon(value: object) -> object:
         return value
     if kind is str:
         # Only a string starting with a digit can be a timestamp.
-        return _norm_value(value) if "0" <= value[:1] <= "9" else value  # type: ignore[index]
-    if isinstance(value, (dt.date, str)):
-        return _norm_value(value)
+        return _text_of(value) if "0" <= value[:1] <= "9" else value  # type: ignore[index]
+    if isinstance(value, dt.datetime):
+        return parse_instant(value).isoformat()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, str):
+        return _text_of(value)
     if isinstance(value, Decimal):
         return format(value.normalize(), "f")
     if isinstance(value, float):
@@ -507,17 +519,12 @@ def _may_collide(distinct: Any) -> bool:
     """Whether two distinct values of a key column may be one key once normalised."""
     if len(distinct) < 2:
         return False
-    try:
-        text = "\n".join(distinct)
-    except TypeError:
-        kinds = set(map(type, distinct))
-        if any(issubclass(k, dt.date) for k in kinds):
-            # Only dates: never equal unless equal already. Else (datetimes, dates
-            # beside strings) the caller compares the normalised values.
-            return kinds != {dt.date}
-        text = "\n".join(v for v in distinct if isinstance(v, str))
-    # Only strings written as timestamps can collide (one instant, two spellings).
-    return ":" in text and _TS_LIKE_ANY.search(text) is not None
+    kinds = set(map(type, distinct))
+    if not any(issubclass(k, dt.date) for k in kinds):
+        return False  # no dates or datetimes: values compare as given (strings as text)
+    # Only dates: never equal unless equal already. Else (datetimes, dates beside
+    # strings) the caller compares the normalised values.
+    return kinds != {dt.date}
 
 
 def _values_differ(

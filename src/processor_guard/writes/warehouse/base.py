@@ -171,6 +171,10 @@ class Warehouse(abc.ABC):
         """One save attempt of a validated plan (no retries here), within ``timeout`` seconds."""
 
     @abc.abstractmethod
+    def add_columns(self, table: str, columns: Sequence[Column]) -> None:
+        """Adds NULLABLE ``columns`` the table does not have yet (never changes one it has)."""
+
+    @abc.abstractmethod
     def classify(self, exc: BaseException) -> str:
         """'conflict' (safe to retry), 'transient' (safe to retry) or 'fatal'."""
 

@@ -11,11 +11,12 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from ..._values import DEFAULT_DECIMAL, normalise_type, to_json_value
+from ..._backoff import retry_while
+from ..._values import DEFAULT_DECIMAL, field_json, normalise_type
 from ...errors import ConfigError
 from .base import Warehouse, fence_partition_key, notify_statement_observers, plan_outcome
 from .plan import Column, MergeOutcome, MergePlan
@@ -23,6 +24,7 @@ from .sql import (
     STALE_MARKER,
     Dialect,
     Step,
+    bigquery_type,
     guard_table_ddl,
     json_rows_text,
     render_string_literal,
@@ -55,6 +57,7 @@ BIGQUERY_DIALECT = Dialect(
     now="CURRENT_TIMESTAMP()",
     string_type="STRING",
     int_type="INT64",
+    column_type=bigquery_type,
 )
 
 _TABLE_PART = re.compile(r"^[A-Za-z0-9_\-:.]+$")
@@ -178,8 +181,30 @@ def _query_parameters(params: Mapping[str, Any]) -> list[Any]:
     return out
 
 
-def _json_extract(index: int, column: Column, source: str = "pg_x") -> str:
-    raw = f"JSON_VALUE({source}, '$[{index}]')"
+def _json_extract(doc: str, path: str, column: Column, depth: int = 0) -> str:
+    """The SQL reading one value of ``column`` at JSONPath ``path`` of the JSON ``doc``.
+
+    An ARRAY is rebuilt element by element in order; a STRUCT is ``[1, field, ...]``
+    in the JSON (``json_rows_text``), so its leading 1 tells NULL from a struct of NULLs.
+    """
+    if column.repeated:
+        element = f"pg_e{depth}"
+        value = _json_extract_one(element, "$", column, depth + 1)
+        return (
+            f"ARRAY(SELECT {value} FROM UNNEST(JSON_QUERY_ARRAY({doc}, '{path}')) AS {element} "
+            f"WITH OFFSET AS {element}_at ORDER BY {element}_at)"
+        )
+    return _json_extract_one(doc, path, column, depth)
+
+
+def _json_extract_one(doc: str, path: str, column: Column, depth: int) -> str:
+    if column.type == "STRUCT":
+        fields = ", ".join(
+            f"{_json_extract(doc, f'{path}[{i + 1}]', f, depth)} AS {f.name}"
+            for i, f in enumerate(column.fields)
+        )
+        return f"IF(JSON_VALUE({doc}, '{path}[0]') IS NULL, NULL, STRUCT({fields}))"
+    raw = f"JSON_VALUE({doc}, '{path}')"
     kind = column.type
     if kind == "STRING":
         return raw
@@ -215,7 +240,18 @@ def _load_value(value: object, column: Column) -> Any:
     a JSON string there would be stored as a string, unlike on the inline path."""
     if column.type == "JSON" and isinstance(value, str):
         return json.loads(value)
-    return to_json_value(value, column.type)
+    if column.type == "STRUCT" and isinstance(value, (dict, list)):
+        if column.repeated:
+            return [_load_struct(v, column) for v in value]
+        return _load_struct(value, column)
+    return field_json(value, column)
+
+
+def _load_struct(value: Any, column: Column) -> Any:
+    return {
+        f.name: _load_value(value.get(f.name), f)  # JSON fields inside too
+        for f in column.fields
+    }
 
 
 def _load_ndjson(client: Any, table: str, fields: list[Any], ndjson: bytes, timeout: float) -> None:
@@ -322,6 +358,32 @@ class BigQueryWarehouse(Warehouse):
     def classify(self, exc: BaseException) -> str:
         return classify_bigquery_error(exc)
 
+    def add_columns(self, table: str, columns: Sequence[Column]) -> None:
+        """Appends NULLABLE columns to the table's schema (an API call, as a load's
+        ``ALLOW_FIELD_ADDITION`` does); columns it has by then are left alone.
+
+        A concurrent schema change fails the update's etag check: read again and retry.
+        """
+        from google.api_core.exceptions import PreconditionFailed
+
+        def add_missing() -> None:
+            bq_table = self.client.get_table(
+                self.canonical(table), retry=None, timeout=self.timeout
+            )
+            have = {f.name for f in bq_table.schema}
+            new = [_schema_field(c) for c in columns if c.name not in have]
+            if new:
+                bq_table.schema = [*bq_table.schema, *new]
+                self.client.update_table(bq_table, ["schema"], retry=None, timeout=self.timeout)
+
+        retry_while(
+            add_missing,
+            retryable=lambda exc: isinstance(exc, PreconditionFailed),
+            timeout=self.timeout,
+            base=0.2,
+            cap=2.0,
+        )
+
     # -- writing ----------------------------------------------------------------------
     def ensure_guard(self, table: str, timeout: float | None = None) -> str:
         """The quoted guard table of ``table``, created with its row where it is missing.
@@ -376,7 +438,10 @@ class BigQueryWarehouse(Warehouse):
         text = json_rows_text(plan.rows, plan.columns)
         source = (
             "SELECT "
-            + ", ".join(f"{_json_extract(i, c)} AS {c.name}" for i, c in enumerate(plan.columns))
+            + ", ".join(
+                f"{_json_extract('pg_x', f'$[{i}]', c)} AS {c.name}"
+                for i, c in enumerate(plan.columns)
+            )
             + " FROM UNNEST(JSON_QUERY_ARRAY(pg_rows)) AS pg_x"
         )
         declare = f"DECLARE pg_rows STRING DEFAULT {render_string_literal(text)};"
@@ -471,27 +536,36 @@ def _script_statement(step: Step) -> str:
 
 
 def _column(field: Any) -> Column:
-    """A Column from a BigQuery SchemaField, with NUMERIC's precision and scale."""
-    if field.mode == "REPEATED" or field.field_type in ("RECORD", "STRUCT"):
-        return Column(field.name, f"{field.mode} {field.field_type}", False, field.field_type)
+    """A Column from a BigQuery SchemaField: NUMERIC's precision and scale, an ARRAY's
+    element type, a RECORD's fields (nested too)."""
     kind = normalise_type(field.field_type)
     precision = getattr(field, "precision", None)
     scale = getattr(field, "scale", None)
-    native = field.field_type
-    if kind in ("NUMERIC", "BIGNUMERIC") and precision is not None:
-        native = f"{kind}({precision}, {scale or 0})"
+    column = Column(
+        field.name, kind, field.mode == "REQUIRED", "",
+        None if precision is None or kind not in DEFAULT_DECIMAL else int(precision),
+        None if scale is None or kind not in DEFAULT_DECIMAL else int(scale),
+        repeated=field.mode == "REPEATED",
+        fields=tuple(_column(f) for f in field.fields) if kind == "STRUCT" else (),
+    )  # fmt: skip
     return Column(
-        field.name, kind, field.mode == "REQUIRED", native,
-        None if precision is None else int(precision), None if scale is None else int(scale),
+        column.name, column.type, column.required, bigquery_type(column),
+        column.precision, column.scale, column.repeated, column.fields,
     )  # fmt: skip
 
 
 def _schema_field(column: Column) -> Any:
+    """The SchemaField of a Column (mode and nested fields included), for a load."""
     from google.cloud import bigquery
 
-    base = (column.native_type or column.type).split("(", 1)[0]
+    mode = "REPEATED" if column.repeated else "NULLABLE"
+    kind = "RECORD" if column.type == "STRUCT" else column.type
+    if column.fields:
+        return bigquery.SchemaField(
+            column.name, kind, mode=mode, fields=[_schema_field(f) for f in column.fields]
+        )
     if column.precision is None:
-        return bigquery.SchemaField(column.name, base)
+        return bigquery.SchemaField(column.name, kind, mode=mode)
     return bigquery.SchemaField(
-        column.name, base, precision=column.precision, scale=column.scale or 0
+        column.name, kind, mode=mode, precision=column.precision, scale=column.scale or 0
     )

@@ -16,7 +16,15 @@ from ..._values import normalise_type
 from ...errors import ConfigError
 from .base import Warehouse, fence_partition_key, notify_statement_observers, plan_outcome
 from .plan import Column, MergeOutcome, MergePlan
-from .sql import STALE_MARKER, Dialect, guard_table_ddl, is_identifier, write_steps
+from .sql import (
+    STALE_MARKER,
+    Dialect,
+    add_column_statements,
+    duckdb_type,
+    guard_table_ddl,
+    is_identifier,
+    write_steps,
+)
 
 __all__ = ["DUCKDB_DIALECT", "DuckDBWarehouse"]
 
@@ -40,21 +48,65 @@ def _to_duck_sql(sql: str) -> str:
 
 
 def _duck_value(value: object) -> object:
-    """A value as DuckDB binds it: aware datetimes as naive UTC (TIMESTAMP columns)."""
+    """A value as DuckDB binds it: aware datetimes as naive UTC (TIMESTAMP columns),
+    inside ARRAYs and STRUCTs too."""
     if isinstance(value, dt.datetime) and value.tzinfo is not None:
         return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    if isinstance(value, list):
+        return [_duck_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _duck_value(v) for k, v in value.items()}
     return value
 
 
 _DECIMAL = re.compile(r"^DECIMAL\((\d+),\s*(\d+)\)$", re.IGNORECASE)
+_STRUCT = re.compile(r"^STRUCT\((.*)\)$", re.IGNORECASE | re.DOTALL)
 
 
 def _column(name: str, native: str, required: bool) -> Column:
-    """A Column from DuckDB's catalog, with a DECIMAL's precision and scale."""
-    found = _DECIMAL.match(native.strip())
+    """A Column from DuckDB's spelling of its type: a DECIMAL's precision and scale, a
+    list's element type, a STRUCT's fields (nested too)."""
+    native = native.strip()
+    if native.endswith("[]"):
+        element = _column(name, native[:-2], False)
+        if element.repeated:
+            raise ConfigError(f"column {name!r}: a list of lists ({native}) has no BigQuery type")
+        return Column(name, element.type, required, native, element.precision,
+                      element.scale, repeated=True, fields=element.fields)  # fmt: skip
+    found = _DECIMAL.match(native)
     if found:
         return Column(name, "NUMERIC", required, native, int(found[1]), int(found[2]))
+    struct = _STRUCT.match(native)
+    if struct:
+        fields = tuple(_column(*_split_field(part), False) for part in _top_level(struct[1]))
+        return Column(name, "STRUCT", required, native, fields=fields)
     return Column(name, normalise_type(native), required, native)
+
+
+def _top_level(text: str) -> list[str]:
+    """``text`` split at the commas outside parentheses and quotes."""
+    parts, depth, quoted, start = [], 0, False, 0
+    for i, ch in enumerate(text):
+        if ch == '"':
+            quoted = not quoted
+        elif not quoted and ch == "(":
+            depth += 1
+        elif not quoted and ch == ")":
+            depth -= 1
+        elif not quoted and depth == 0 and ch == ",":
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _split_field(part: str) -> tuple[str, str]:
+    """A STRUCT field's (name, type) from ``name TYPE`` or ``"name" TYPE``."""
+    if part.startswith('"'):
+        end = part.index('"', 1)
+        return part[1:end], part[end + 1 :]
+    name, _, kind = part.partition(" ")
+    return name, kind
 
 
 def _duck_literal(text: str) -> str:
@@ -71,6 +123,7 @@ DUCKDB_DIALECT = Dialect(
     now="now()::TIMESTAMP",
     string_type="VARCHAR",
     int_type="BIGINT",
+    column_type=duckdb_type,
 )
 
 
@@ -205,6 +258,21 @@ class DuckDBWarehouse(Warehouse):
         return "fatal"
 
     # -- writing ----------------------------------------------------------------------
+    def add_columns(self, table: str, columns: Sequence[Column]) -> None:
+        """``ALTER TABLE ... ADD COLUMN IF NOT EXISTS`` for each column, in one transaction."""
+        statements = add_column_statements(self.quote_table(table), columns, DUCKDB_DIALECT)
+        with self.write_turn(), self._cursor() as cur:
+            log = _StatementLog(cur)
+            log.run("BEGIN TRANSACTION")
+            try:
+                for sql in statements:
+                    log.run(sql)
+                log.run("COMMIT")
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    log.run("ROLLBACK", keep=False)
+                raise
+
     def merge(self, plan: MergePlan, *, timeout: float | None = None) -> MergeOutcome:
         with self.write_turn(), self._cursor(wait=False) as cur:
             return self._merge_with(_StatementLog(cur), plan)
@@ -275,8 +343,11 @@ def _values_source(plan: MergePlan) -> tuple[str, list[Any]]:
     Inline rather than a temporary table: DuckDB 2.0 can hang when threads create and
     fill temporary tables while other transactions conflict.
     """
-    fields = ", ".join(f"{c.name} {c.native_type or c.type}" for c in plan.columns)
+    fields = ", ".join(f"{c.name} {duckdb_type(c)}" for c in plan.columns)
     names = ", ".join(plan.column_names)
-    sql = f"(SELECT {names} FROM (SELECT UNNEST(?::STRUCT({fields})[], recursive := true)))"
+    # One level of UNNEST on the row struct: a recursive one would unnest ARRAY and
+    # STRUCT columns too.
+    rows_sql = f"(SELECT UNNEST(?::STRUCT({fields})[]) AS pg_r)"
+    sql = f"(SELECT {names} FROM (SELECT UNNEST(pg_r) FROM {rows_sql}))"
     rows = [{c.name: _duck_value(row.get(c.name)) for c in plan.columns} for row in plan.rows]
     return sql, [rows]

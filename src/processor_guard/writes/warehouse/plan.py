@@ -11,7 +11,11 @@ __all__ = ["Column", "MergeOutcome", "MergePlan"]
 
 @dataclass(frozen=True)
 class Column:
-    """A table column: name, BigQuery type name (normalised) and whether it is REQUIRED."""
+    """A table column (or a STRUCT's field): name, BigQuery type name (normalised;
+    ``STRUCT`` for a RECORD) and whether it is REQUIRED.
+
+    ``repeated``: an ARRAY of that type. ``fields``: a STRUCT's fields, in order.
+    """
 
     name: str
     type: str
@@ -21,6 +25,13 @@ class Column:
     #: when the column declares none: NUMERIC(38, 9), BIGNUMERIC(76, 38)).
     precision: int | None = None
     scale: int | None = None
+    repeated: bool = False
+    fields: tuple[Column, ...] = ()
+
+    @property
+    def is_scalar(self) -> bool:
+        """Neither an ARRAY nor a STRUCT: a value that can be compared, so a key."""
+        return not self.repeated and self.type != "STRUCT"
 
 
 @dataclass

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..._values import normalise_type, to_json_value
+from ..._values import field_json, normalise_type, to_json_value
 from ...errors import ConfigError
 from .plan import Column, MergePlan
 
@@ -23,8 +23,11 @@ __all__ = [
     "Dialect",
     "PartitionValueSql",
     "Step",
+    "add_column_statements",
+    "bigquery_type",
     "check_identifier",
     "count_statement",
+    "duckdb_type",
     "is_identifier",
     "json_rows_text",
     "merge_statement",
@@ -109,9 +112,62 @@ def _hide_delete_json(text: str) -> str:
 
 
 def json_rows_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> str:
-    """Rows as a JSON array of arrays in column order; values in their JSON form."""
-    payload = [[to_json_value(row.get(c.name), c.type) for c in columns] for row in rows]
+    """Rows as a JSON array of arrays in column order; values in their JSON form, a
+    STRUCT as ``[1, field, ...]`` (see ``field_json``)."""
+    payload = [
+        [
+            to_json_value(row.get(c.name), c.type)
+            if c.is_scalar
+            else field_json(row.get(c.name), c, struct_as_list=True)
+            for c in columns
+        ]
+        for row in rows
+    ]
     return _hide_delete_json(json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
+
+
+def bigquery_type(column: Column) -> str:
+    """The column's type in BigQuery SQL: ``ARRAY<STRUCT<a INT64, b ARRAY<STRING>>>``."""
+    if column.type == "STRUCT":
+        inner = "STRUCT<" + ", ".join(f"{f.name} {bigquery_type(f)}" for f in column.fields) + ">"
+    elif column.precision is not None:
+        inner = f"{column.type}({column.precision}, {column.scale or 0})"
+    else:
+        inner = column.type
+    return f"ARRAY<{inner}>" if column.repeated else inner
+
+
+_DUCKDB_SCALARS = {
+    "STRING": "VARCHAR",
+    "INT64": "BIGINT",
+    "FLOAT64": "DOUBLE",
+    "BOOL": "BOOLEAN",
+    "BYTES": "BLOB",
+    "DATETIME": "TIMESTAMP",
+    "NUMERIC": "DECIMAL(38, 9)",
+}
+
+
+def duckdb_type(column: Column) -> str:
+    """The column's type in DuckDB SQL: ``STRUCT(a BIGINT, b VARCHAR[])[]``."""
+    if column.native_type:
+        return column.native_type
+    if column.type == "STRUCT":
+        inner = "STRUCT(" + ", ".join(f"{f.name} {duckdb_type(f)}" for f in column.fields) + ")"
+    elif column.precision is not None:
+        inner = f"DECIMAL({column.precision}, {column.scale or 0})"
+    else:
+        inner = _DUCKDB_SCALARS.get(column.type, column.type)
+    return f"{inner}[]" if column.repeated else inner
+
+
+def add_column_statements(target: str, columns: Sequence[Column], dialect: Dialect) -> list[str]:
+    """``ALTER TABLE ... ADD COLUMN IF NOT EXISTS`` for each new NULLABLE column."""
+    return [
+        f"ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {check_identifier(c.name)} "
+        f"{dialect.column_type(c)}"
+        for c in columns
+    ]
 
 
 def _newer_row_guard(plan: MergePlan) -> list[str]:
@@ -206,6 +262,8 @@ class Dialect:
     now: str
     string_type: str
     int_type: str
+    #: A column's type as this engine spells it.
+    column_type: Callable[[Column], str]
 
 
 @dataclass(frozen=True)
