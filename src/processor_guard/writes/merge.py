@@ -2,6 +2,16 @@
 
 Never DELETE + INSERT: a write is a single MERGE keyed on the table's key, limited to
 the partition values in the batch, updating only the columns the batch carries.
+
+Rows are converted to their columns' types before dedup, so key values compare as the
+warehouse compares them: STRING keys as strings, TIMESTAMP keys as instants.
+
+``new_columns``: columns the rows carry that the table lacks are refused
+(``"refuse"``, InvalidRows), added as NULLABLE columns of the type their values have
+(``"add"``), or left out (``"drop"``); reported in ``MergeResult.added_columns`` /
+``dropped_columns`` and logged. ``empty_keys``: a row whose key value is missing,
+None (NaN, NaT) or empty is refused (``"refuse"``, InvalidRows naming it) or left out
+(``"skip"``, reported in ``MergeResult.skipped_rows`` and logged).
 """
 
 from __future__ import annotations
@@ -441,17 +451,9 @@ def safe_merge(
     ``replay_to`` (a directory, or a callable given the file name and bytes that stores
     them and returns where); ``MergeFailed.replay_path`` names where it went.
 
-    ``new_columns``: columns the rows carry that the table lacks are refused
-    (``"refuse"``, InvalidRows), added as NULLABLE columns of the type their values
-    have (``"add"``), or left out (``"drop"``); reported in ``added_columns`` /
-    ``dropped_columns``. ``empty_keys``: a row whose key value is missing, None or
-    empty is refused (``"refuse"``, InvalidRows naming it) or left out (``"skip"``,
-    reported in ``skipped_rows``).
-
-    Key values compare as their column's type, as the warehouse compares them: STRING
-    keys as strings, TIMESTAMP keys as instants, DATE keys as dates.
+    ``new_columns`` and ``empty_keys``: see the module's docstring.
     """
-    # Long: one save, top to bottom: arguments, dedup, validation, one MERGE per lease, the
+    # Long: one save, top to bottom: arguments, validation, dedup, one MERGE per lease, the
     # plan, then the one retry layer (_merge_with_retries).
     key_cols = _checked_arguments(
         table, keys, fence, max_attempts, deadline, new_columns, empty_keys
