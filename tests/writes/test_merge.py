@@ -337,3 +337,29 @@ def test_only_newer_false_overwrites_newer_rows(target: Target) -> None:
     result = safe_merge(target.client, target.table, old, keys=KEYS, only_newer=False)
     assert (result.updated, result.skipped) == (35, 0)
     assert {r["points"] for r in target.read().values()} == {r["points"] for r in old}
+
+
+def test_fences_of_the_former_dataset_wide_table_seed_a_new_guard_table(target: Target) -> None:
+    """``_processor_guard_fences`` (before issue #11) next to the table: its fences for
+    this table, highest per partition, are the guard table's from its creation on."""
+    wh = target.wh
+    legacy = wh.canonical(target.table).rsplit(".", 1)[0] + "._processor_guard_fences"
+    text, integer = ("STRING", "INT64") if target.engine == "bigquery" else ("VARCHAR", "BIGINT")
+    wh.query(
+        f"CREATE TABLE {wh.quote_table(legacy)} (table_name {text} NOT NULL, "
+        f"partition_value {text} NOT NULL, fence {integer} NOT NULL, updated_at TIMESTAMP)"
+    )
+    day2 = DAY + dt.timedelta(days=1)
+    me, other = wh.canonical(target.table), wh.canonical(target.table) + "_other"
+    recorded = [(me, DAY, 7), (me, DAY, 5), (me, day2, 3), (other, DAY + dt.timedelta(days=2), 99)]
+    values = ", ".join(f"('{t}', '{d.isoformat()}', {f}, NULL)" for t, d, f in recorded)
+    wh.query(f"INSERT INTO {wh.quote_table(legacy)} VALUES {values}")
+
+    with pytest.raises(StaleFence) as info:
+        safe_merge(target.client, target.table, date_rows(DAY), keys=KEYS, fence=6)
+    assert (info.value.fence, info.value.current) == (6, 7)
+    assert target.count() == 0
+    assert safe_merge(target.client, target.table, date_rows(DAY), keys=KEYS, fence=8).inserted
+    assert wh.read_fence(target.table, DAY) == 8
+    assert wh.read_fence(target.table, day2) == 3
+    assert wh.read_fence(target.table, DAY + dt.timedelta(days=2)) is None

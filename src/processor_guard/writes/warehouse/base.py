@@ -11,7 +11,7 @@ from typing import Any
 from ..._values import coerce
 from ...errors import ConfigError, InvalidRows, StaleFence
 from .plan import Column, MergeOutcome, MergePlan
-from .sql import GUARD_SUFFIX, TABLE_GUARD_ROW, check_identifier
+from .sql import GUARD_SUFFIX, LEGACY_FENCE_TABLE, TABLE_GUARD_ROW, check_identifier
 
 __all__ = [
     "GUARD_SUFFIX",
@@ -85,6 +85,14 @@ class Warehouse(abc.ABC):
         One per target table, so saves into different tables never conflict.
         """
         return self.canonical(table) + GUARD_SUFFIX
+
+    def legacy_fences(self, table: str) -> tuple[str, str] | None:
+        """The quoted ``_processor_guard_fences`` table next to ``table`` (where versions
+        before issue #11 kept fences) and ``table``'s name in it; None if there is none."""
+        legacy = self.canonical(table).rsplit(".", 1)[0] + "." + LEGACY_FENCE_TABLE
+        if self._fetch_schema(legacy) is None:
+            return None
+        return self.quote_table(legacy), self.canonical(table)
 
     # -- reading ----------------------------------------------------------------------
     @abc.abstractmethod

@@ -399,7 +399,9 @@ class BigQueryWarehouse(Warehouse):
                 # Conflict: another writer created it at the same moment.
                 with contextlib.suppress(Conflict):
                     self._run(
-                        guard_table_ddl(self.quote_table(guard), BIGQUERY_DIALECT),
+                        guard_table_ddl(
+                            self.quote_table(guard), BIGQUERY_DIALECT, self.legacy_fences(table)
+                        ),
                         timeout=timeout,
                     )
             self._guards.add(guard)

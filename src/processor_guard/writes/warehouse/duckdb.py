@@ -297,7 +297,10 @@ class DuckDBWarehouse(Warehouse):
         guard = self.guard_table(table)
         if guard not in self._guards:
             if self._fetch_schema(guard) is None:
-                log.run(guard_table_ddl(self.quote_table(guard), DUCKDB_DIALECT))
+                ddl = guard_table_ddl(
+                    self.quote_table(guard), DUCKDB_DIALECT, self.legacy_fences(table)
+                )
+                log.run(ddl)
             self._guards.add(guard)
         return self.quote_table(guard)
 

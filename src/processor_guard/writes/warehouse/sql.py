@@ -249,6 +249,9 @@ def missing_keys_statement(
 GUARD_SUFFIX = "__pg_guard"
 #: ``partition_value`` of the guard row every save UPDATEs (partition rows hold fences).
 TABLE_GUARD_ROW = "*"
+#: The dataset-wide fence table of versions before issue #11 (table_name,
+#: partition_value, fence, updated_at); its fences seed a table's new guard table.
+LEGACY_FENCE_TABLE = "_processor_guard_fences"
 #: Marker in the SQL error a fenced save raises when a newer fence is recorded.
 STALE_MARKER = "processor_guard stale fence"
 
@@ -279,17 +282,34 @@ class Step:
     args: tuple[object, ...] = ()
 
 
-def guard_table_ddl(guard: str, dialect: Dialect) -> str:
+def guard_table_ddl(
+    guard: str, dialect: Dialect, legacy_fences: tuple[str, str] | None = None
+) -> str:
     """Creates the guard table together with its table row, atomically (CREATE ... AS SELECT).
 
     Created with the row, so no writer ever sees the table without the row it UPDATEs.
+    ``legacy_fences``: the quoted ``_processor_guard_fences`` table of versions before
+    issue #11 and the target's canonical name in it; that table's fences seed the
+    partition rows in the same statement, so a partition's first save after upgrading
+    is still refused when an older fence is claimed than one recorded before.
     """
-    return (
+    table_row = dialect.literal(TABLE_GUARD_ROW)
+    text, integer = dialect.string_type, dialect.int_type
+    sql = (
         f"CREATE TABLE IF NOT EXISTS {guard} AS SELECT "
-        f"CAST({dialect.literal(TABLE_GUARD_ROW)} AS {dialect.string_type}) AS partition_value, "
-        f"CAST(NULL AS {dialect.int_type}) AS fence, CAST(0 AS {dialect.int_type}) AS writes, "
+        f"CAST({table_row} AS {text}) AS partition_value, "
+        f"CAST(NULL AS {integer}) AS fence, CAST(0 AS {integer}) AS writes, "
         f"{dialect.now} AS updated_at"
     )
+    if legacy_fences is not None:
+        fences, table_name = legacy_fences
+        sql += (
+            f" UNION ALL SELECT CAST(partition_value AS {text}), CAST(MAX(fence) AS {integer}), "
+            f"CAST(0 AS {integer}), {dialect.now} FROM {fences} "
+            f"WHERE table_name = {dialect.literal(table_name)} AND partition_value <> {table_row} "
+            "GROUP BY partition_value"
+        )
+    return sql
 
 
 class _Collect:
