@@ -254,8 +254,11 @@ def test_eight_processes_saving_the_same_new_keys_on_one_file(tmp_path: Path, fe
         proc.start()
     for proc in procs:
         proc.join(timeout=600)
-    assert [p.exitcode for p in procs] == [0] * WRITERS
-    assert failures.empty()
+    reported = []
+    while not failures.empty():
+        reported.append(failures.get())
+    assert [p.exitcode for p in procs] == [0] * WRITERS, "\n".join(reported)
+    assert reported == []
     with duckdb.connect(path) as conn:
         total, keys = conn.execute(
             "SELECT count(*), count(DISTINCT (game_date, player_lookup)) FROM player_game_summary"
