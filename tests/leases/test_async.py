@@ -16,6 +16,7 @@ from fixtures.pgs_rows import DUCKDB_PGS, date_rows
 from fixtures.services import RedisServer
 from processor_guard import (
     ConfigError,
+    LeaseHooks,
     LeaseLost,
     LockBusy,
     MemoryStore,
@@ -310,3 +311,27 @@ def test_a_killed_redis_gives_store_unavailable_then_lease_lost_by_the_deadline(
         asyncio.run(main())
     finally:
         server.stop()
+
+
+def test_leases_are_renewed_after_many_short_blocks_and_interleaved_ones() -> None:
+    # Short blocks leave entries in the loop's renewal schedule; more of them than it
+    # keeps before compacting, then leases entered in an order their first renewals
+    # are not due in (a longer ttl first).
+    store = MemoryStore()
+    renewed: list[str] = []
+    hooks = LeaseHooks(renewed=lambda lease: renewed.append(lease.key))
+
+    async def hold(day: str, ttl: float) -> None:
+        async with date_lock("pgs", day, store=store, ttl=ttl, hooks=hooks) as lease:
+            await asyncio.sleep(1.2)
+            lease.check()
+
+    async def main() -> None:
+        for _ in range(2100):
+            async with date_lock("pgs", DAY, store=store, ttl=30):
+                pass
+        await asyncio.gather(hold("2026-02-04", 1.5), hold("2026-02-05", 0.6))
+
+    asyncio.run(main())
+    assert "pgs:2026-02-05" in renewed and "pgs:2026-02-04" in renewed
+    assert store.holders() == []
