@@ -205,44 +205,57 @@ class _RenewalStarts:
     """One per event loop: starts each held lease's renewal task when its first renewal
     is due, from a single timer on the earliest due time. A block that ends before
     then leaves a dead heap entry, dropped when due (or in a compaction), so entering
-    and leaving costs a heap push and no timer of its own."""
+    and leaving costs a heap push and no timer of its own.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._due: list[tuple[float, int, AsyncHold]] = []
+    It refers to its loop through nothing it holds (the holds and the timer weakly, the
+    loop not at all): as a WeakKeyDictionary value it must not keep its key alive."""
+
+    def __init__(self) -> None:
+        self._due: list[tuple[float, int, weakref.ref[AsyncHold]]] = []
         self._seq = itertools.count()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: weakref.ref[asyncio.TimerHandle] | None = None
         self._timer_at = math.inf
         self._ended = 0  # entries of holds that ended before their renewal was due
 
     def add(self, hold: AsyncHold, delay: float) -> None:
-        at = self._loop.time() + delay
-        heapq.heappush(self._due, (at, next(self._seq), hold))
+        loop = asyncio.get_running_loop()
+        at = loop.time() + delay
+        heapq.heappush(self._due, (at, next(self._seq), weakref.ref(hold)))
         if at < self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer, self._timer_at = self._loop.call_at(at, self._start_due), at
+            timer = self._timer() if self._timer is not None else None
+            if timer is not None:
+                timer.cancel()
+            self._arm(loop, at)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        self._timer, self._timer_at = weakref.ref(loop.call_at(at, self._start_due)), at
 
     def ended(self) -> None:
         """A hold still in the heap ended; compact once most entries are dead."""
         self._ended += 1
         if self._ended > COMPACT_MIN and self._ended * 2 > len(self._due):
-            self._due = [entry for entry in self._due if not entry[2].ended]
+            self._due = [entry for entry in self._due if _waiting(entry[2])]
             heapq.heapify(self._due)
             self._ended = 0
 
     def _start_due(self) -> None:
         self._timer, self._timer_at = None, math.inf
-        due, now = self._due, self._loop.time()
+        loop = asyncio.get_running_loop()
+        due, now = self._due, loop.time()
         while due and due[0][0] <= now:
-            hold = heapq.heappop(due)[2]
-            if hold.ended:
-                self._ended = max(0, self._ended - 1)
-            else:
+            hold = heapq.heappop(due)[2]()
+            if hold is not None and not hold.ended:
                 hold.start_keeping()
+            else:
+                self._ended = max(0, self._ended - 1)
         if due:
-            self._timer_at = due[0][0]
-            self._timer = self._loop.call_at(self._timer_at, self._start_due)
+            self._arm(loop, due[0][0])
+
+
+def _waiting(hold: weakref.ref[AsyncHold]) -> bool:
+    """A heap entry whose hold still waits for its first renewal."""
+    found = hold()
+    return found is not None and not found.ended
 
 
 # Dead entries a _RenewalStarts heap may hold before it is compacted.
@@ -255,7 +268,7 @@ _renewal_starts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _RenewalSt
 def _renewal_starts_of(loop: asyncio.AbstractEventLoop) -> _RenewalStarts:
     starts = _renewal_starts.get(loop)
     if starts is None:
-        starts = _renewal_starts[loop] = _RenewalStarts(loop)
+        starts = _renewal_starts[loop] = _RenewalStarts()
     return starts
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import itertools
 import time
+import weakref
 from typing import Any
 
 import pytest
@@ -335,3 +337,22 @@ def test_leases_are_renewed_after_many_short_blocks_and_interleaved_ones() -> No
     asyncio.run(main())
     assert "pgs:2026-02-05" in renewed and "pgs:2026-02-04" in renewed
     assert store.holders() == []
+
+
+def test_an_event_loop_is_not_kept_alive_by_the_leases_it_held() -> None:
+    store = MemoryStore()
+    loop = asyncio.new_event_loop()
+
+    async def main() -> None:
+        # Ended before its first renewal was due: the loop's schedule still lists it.
+        async with date_lock("pgs", DAY, store=store, ttl=30):
+            pass
+        async with date_lock("pgs", "2026-02-04", store=store, ttl=30):
+            await asyncio.sleep(0)
+
+    loop.run_until_complete(main())
+    loop.close()
+    gone = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert gone() is None
