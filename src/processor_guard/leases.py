@@ -62,6 +62,10 @@ MAX_TTL = 1e9
 WAIT_BASE = 0.02
 WAIT_CAP = 1.0
 
+# Guards every lease's loss and release flags: each holds it for a few assignments, so
+# one lock for all is never contended for long, and a lease needs no lock of its own.
+_state_lock = threading.Lock()
+
 _current: contextvars.ContextVar[tuple[Lease, ...]] = contextvars.ContextVar(
     "processor_guard_leases", default=()
 )
@@ -115,10 +119,12 @@ _owner_cache: tuple[int, str | None, str] | None = None
 def default_owner() -> str:
     """``host:pid``, plus Cloud Run's revision when ``K_REVISION`` is set."""
     global _owner_cache
-    revision = os.environ.get("K_REVISION")
     cached = _owner_cache
-    if cached is not None and cached[0] == _pid and cached[1] == revision:
+    # Cloud Run sets K_REVISION before the process starts: read once per process (an
+    # environment lookup per date_lock is a measurable share of an uncontended cycle).
+    if cached is not None and cached[0] == _pid:
         return cached[2]
+    revision = os.environ.get("K_REVISION")
     owner = f"{socket.gethostname()}:{_pid}"
     owner = f"{owner}:{revision}" if revision else owner
     _owner_cache = (_pid, revision, owner)
@@ -210,7 +216,10 @@ class Lease:
         # Its with block has ended (the entering context may still list it, when the
         # block was left from another thread or context).
         self.finished = False
-        self._lost = threading.Event()
+        self._is_lost = False
+        # Made only for wait_lost (a threading.Event per lease is a measurable share of
+        # an uncontended cycle); set under _state_lock with _is_lost.
+        self._lost_event: threading.Event | None = None
         self._clock = clock
         self._deadline = started + ttl
         self._on_lost = on_lost
@@ -218,7 +227,6 @@ class Lease:
         self._pid = _pid
         self._released = False
         self._last_renew_error: BaseException | None = None
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         state = "lost" if self.lost else "released" if self._released else "held"
@@ -227,11 +235,17 @@ class Lease:
     @property
     def lost(self) -> bool:
         """True once the lease is known to be lost (taken, expired, unrenewable)."""
-        return self._lost.is_set()
+        return self._is_lost
 
     def wait_lost(self, timeout: float | None = None) -> bool:
         """Block until the lease is lost or ``timeout`` passes; True when lost."""
-        return self._lost.wait(timeout)
+        with _state_lock:
+            if self._is_lost:
+                return True
+            if self._lost_event is None:
+                self._lost_event = threading.Event()
+            lost = self._lost_event
+        return lost.wait(timeout)
 
     @property
     def remaining(self) -> float:
@@ -241,7 +255,7 @@ class Lease:
     @property
     def active(self) -> bool:
         """True while held by this process: not released, not lost."""
-        return not self._released and not self._lost.is_set() and self._pid == _pid
+        return not self._released and not self._is_lost and self._pid == _pid
 
     def check(self) -> None:
         """Raise LeaseLost when this lease or one of its group is lost, or when less
@@ -310,7 +324,7 @@ class Lease:
         if not ok:
             self._mark_lost("the store no longer holds this lease (expired or taken over)")
             return None
-        with self._lock:
+        with _state_lock:
             if self._released:
                 return None
             self._deadline = max(self._deadline, started + self.ttl)
@@ -328,11 +342,13 @@ class Lease:
         return reason
 
     def _mark_lost(self, reason: str, *, at_release: bool = False) -> None:
-        with self._lock:
-            if self._lost.is_set() or (self._released and not at_release):
+        with _state_lock:
+            if self._is_lost or (self._released and not at_release):
                 return
             self.lost_reason = reason
-            self._lost.set()
+            self._is_lost = True
+            if self._lost_event is not None:
+                self._lost_event.set()
         log.error(
             "lease %s lost (owner %s, fence %s): %s", self.key, self.owner, self.fence, reason
         )
@@ -376,11 +392,11 @@ class Lease:
             # A forked child never releases its parent's lease, nor takes its lock
             # (another thread may have held it at the fork); it never held it itself.
             return False, "lease belongs to the parent process (this is a forked child)"
-        with self._lock:
+        with _state_lock:
             if self._released:
                 return False, self.lost_reason or None
             self._released = True
-            lost = self._lost.is_set()
+            lost = self._is_lost
         if not lost and self._clock() >= self._deadline:
             self._mark_lost(self._expiry_reason(), at_release=True)
             lost = True
@@ -730,9 +746,10 @@ _keeper = _Keeper()
 
 
 def _after_fork_in_child() -> None:
-    global _keeper, _pid
+    global _keeper, _pid, _state_lock
     _pid = os.getpid()
     _keeper = _Keeper()
+    _state_lock = threading.Lock()  # another thread may have held it at the fork
 
 
 if hasattr(os, "register_at_fork"):
@@ -828,8 +845,8 @@ def _lock_request(
     safety_margin: float | None,
     clock: Callable[[], float],
 ) -> _LockRequest:
-    key = lease_key(scope, game_date)
     day = parse_game_date(game_date)
+    key = f"{_check_scope(scope)}:{day.isoformat()}"
     the_ttl = _check_seconds("ttl", ttl, positive=True)
     if the_ttl >= MAX_TTL:
         raise ConfigError(f"ttl must be under {MAX_TTL:.0e} seconds, got {ttl!r}")

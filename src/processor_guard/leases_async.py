@@ -3,8 +3,9 @@
 The lease, its checks, its loss and its release decisions are those of ``leases``; this
 module only awaits the store instead of calling it:
 
-- Renewal is a task on the lease's event loop, started ttl/3 after the acquisition (a
-  timer until then: a short block costs no task). The keeper thread cannot renew an
+- Renewal is a task on the lease's event loop, started ttl/3 after the acquisition by
+  the loop's one renewal scheduler (until then a lease is a heap entry: a short block
+  costs no task and no timer of its own). The keeper thread cannot renew an
   async store: its client belongs to the loop. A blocked loop renews nothing, and hides
   nothing either: ``check()`` compares the lease's own deadline with the clock, so the
   first check after the deadline raises LeaseLost, as does leaving the block.
@@ -21,7 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
+import itertools
 import logging
+import math
 import os
 import time
 import weakref
@@ -31,7 +35,6 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from .errors import ConfigError, LeaseLost, LockBusy
 from .leases import STORE_ENV, Lease, date_lock, upkeep
 from .stores import (
-    AcquireResult,
     AsyncLeaseStore,
     AsyncReleaseWaiter,
     LeaseStore,
@@ -93,20 +96,6 @@ async def _run_to_the_end(step: Coroutine[Any, Any, T]) -> T:
     return await asyncio.shield(task)
 
 
-async def _attempt(
-    store: AsyncLeaseStore, key: str, owner: str, ttl: float, waiter: AsyncReleaseWaiter | None
-) -> AcquireResult:
-    """One acquisition attempt. Cancelled before its answer, it may still have taken the
-    lease: the same call again answers for it (AsyncLeaseStore's contract), and what it
-    took is given back before the cancellation goes on."""
-    try:
-        return await store.try_acquire(key, owner, ttl, waiter=waiter)
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await _run_to_the_end(_give_back(store, key, owner, ttl))
-        raise
-
-
 async def _give_back(store: AsyncLeaseStore, key: str, owner: str, ttl: float) -> None:
     result = await store.try_acquire(key, owner, ttl)
     if result.acquired and result.fence is not None:
@@ -122,7 +111,14 @@ async def _acquire(store: AsyncLeaseStore, request: Any) -> Lease:
     try:
         while True:
             started = clock()
-            result = await _attempt(store, key, owner, ttl, waiter)
+            try:
+                result = await store.try_acquire(key, owner, ttl, waiter=waiter)
+            except asyncio.CancelledError:
+                # The attempt may still have taken the lease: the same call again
+                # answers for it (AsyncLeaseStore's contract); give back what it took.
+                with contextlib.suppress(Exception):
+                    await _run_to_the_end(_give_back(store, key, owner, ttl))
+                raise
             if result.acquired:
                 assert result.fence is not None
                 lease: Lease = request.new_lease(store, result.fence, started)
@@ -205,6 +201,77 @@ async def _finish(lease: Lease, store: AsyncLeaseStore) -> str | None:
     return book.release_answered(freed)
 
 
+class _RenewalStarts:
+    """One per event loop: starts each held lease's renewal task when its first renewal
+    is due, from a single timer on the earliest due time. A block that ends before
+    then leaves a dead heap entry, dropped when due (or in a compaction), so entering
+    and leaving costs a heap push and no timer of its own.
+
+    It refers to its loop through nothing it holds (the holds and the timer weakly, the
+    loop not at all): as a WeakKeyDictionary value it must not keep its key alive."""
+
+    def __init__(self) -> None:
+        self._due: list[tuple[float, int, weakref.ref[AsyncHold]]] = []
+        self._seq = itertools.count()
+        self._timer: weakref.ref[asyncio.TimerHandle] | None = None
+        self._timer_at = math.inf
+        self._ended = 0  # entries of holds that ended before their renewal was due
+
+    def add(self, hold: AsyncHold, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        at = loop.time() + delay
+        heapq.heappush(self._due, (at, next(self._seq), weakref.ref(hold)))
+        if at < self._timer_at:
+            timer = self._timer() if self._timer is not None else None
+            if timer is not None:
+                timer.cancel()
+            self._arm(loop, at)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        self._timer, self._timer_at = weakref.ref(loop.call_at(at, self._start_due)), at
+
+    def ended(self) -> None:
+        """A hold still in the heap ended; compact once most entries are dead."""
+        self._ended += 1
+        if self._ended > COMPACT_MIN and self._ended * 2 > len(self._due):
+            self._due = [entry for entry in self._due if _waiting(entry[2])]
+            heapq.heapify(self._due)
+            self._ended = 0
+
+    def _start_due(self) -> None:
+        self._timer, self._timer_at = None, math.inf
+        loop = asyncio.get_running_loop()
+        due, now = self._due, loop.time()
+        while due and due[0][0] <= now:
+            hold = heapq.heappop(due)[2]()
+            if hold is not None and not hold.ended:
+                hold.start_keeping()
+            else:
+                self._ended = max(0, self._ended - 1)
+        if due:
+            self._arm(loop, due[0][0])
+
+
+def _waiting(hold: weakref.ref[AsyncHold]) -> bool:
+    """A heap entry whose hold still waits for its first renewal."""
+    found = hold()
+    return found is not None and not found.ended
+
+
+# Dead entries a _RenewalStarts heap may hold before it is compacted.
+COMPACT_MIN = 1024
+_renewal_starts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _RenewalStarts] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _renewal_starts_of(loop: asyncio.AbstractEventLoop) -> _RenewalStarts:
+    starts = _renewal_starts.get(loop)
+    if starts is None:
+        starts = _renewal_starts[loop] = _RenewalStarts()
+    return starts
+
+
 class AsyncHold:
     """One ``async with date_lock(...)`` block: acquisition, renewal and release."""
 
@@ -213,8 +280,9 @@ class AsyncHold:
         self._lease: Lease | None = None
         self._store: AsyncLeaseStore | None = None
         self._token: contextvars.Token[tuple[Lease, ...]] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._starts: _RenewalStarts | None = None
         self._keeper: asyncio.Task[None] | None = None
+        self.ended = False
 
     async def enter(self) -> Lease:
         request = self._request
@@ -223,13 +291,14 @@ class AsyncHold:
         request.refuse_nested(store)
         lease = await _acquire(store, request)
         self._lease, self._store = lease, store
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(lease.ttl / 3, self._start_keeping)
+        self._starts = _renewal_starts_of(asyncio.get_running_loop())
+        self._starts.add(self, lease.ttl / 3)
         request.announce(lease)
         self._token = request.enter(lease)
         return lease
 
-    def _start_keeping(self) -> None:
+    def start_keeping(self) -> None:
+        """Start the renewal task (the loop's _RenewalStarts calls it when due)."""
         lease, store = self._lease, self._store
         if lease is not None and store is not None and lease.active:
             self._keeper = asyncio.get_running_loop().create_task(_keep(lease, store))
@@ -237,10 +306,11 @@ class AsyncHold:
     async def exit(self, body_error: BaseException | None) -> None:
         lease, store, token = self._lease, self._store, self._token
         assert lease is not None and store is not None and token is not None
-        if self._timer is not None:
-            self._timer.cancel()
+        self.ended = True
         if self._keeper is not None:
             self._keeper.cancel()
+        elif self._starts is not None:
+            self._starts.ended()
         self._request.leave(token, lease)
         lost_reason = await _finish(lease, store)
         if lost_reason is not None and body_error is None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import itertools
 import time
+import weakref
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ from fixtures.pgs_rows import DUCKDB_PGS, date_rows
 from fixtures.services import RedisServer
 from processor_guard import (
     ConfigError,
+    LeaseHooks,
     LeaseLost,
     LockBusy,
     MemoryStore,
@@ -310,3 +313,46 @@ def test_a_killed_redis_gives_store_unavailable_then_lease_lost_by_the_deadline(
         asyncio.run(main())
     finally:
         server.stop()
+
+
+def test_leases_are_renewed_after_many_short_blocks_and_interleaved_ones() -> None:
+    # Short blocks leave entries in the loop's renewal schedule; more of them than it
+    # keeps before compacting, then leases entered in an order their first renewals
+    # are not due in (a longer ttl first).
+    store = MemoryStore()
+    renewed: list[str] = []
+    hooks = LeaseHooks(renewed=lambda lease: renewed.append(lease.key))
+
+    async def hold(day: str, ttl: float) -> None:
+        async with date_lock("pgs", day, store=store, ttl=ttl, hooks=hooks) as lease:
+            await asyncio.sleep(1.2)
+            lease.check()
+
+    async def main() -> None:
+        for _ in range(2100):
+            async with date_lock("pgs", DAY, store=store, ttl=30):
+                pass
+        await asyncio.gather(hold("2026-02-04", 1.5), hold("2026-02-05", 0.6))
+
+    asyncio.run(main())
+    assert "pgs:2026-02-05" in renewed and "pgs:2026-02-04" in renewed
+    assert store.holders() == []
+
+
+def test_an_event_loop_is_not_kept_alive_by_the_leases_it_held() -> None:
+    store = MemoryStore()
+    loop = asyncio.new_event_loop()
+
+    async def main() -> None:
+        # Ended before its first renewal was due: the loop's schedule still lists it.
+        async with date_lock("pgs", DAY, store=store, ttl=30):
+            pass
+        async with date_lock("pgs", "2026-02-04", store=store, ttl=30):
+            await asyncio.sleep(0)
+
+    loop.run_until_complete(main())
+    loop.close()
+    gone = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert gone() is None

@@ -7,6 +7,7 @@ fences after out-of-band deletion, server-time expiry, and a killed emulator.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import itertools
 import json
@@ -25,8 +26,17 @@ import pytest
 
 from fixtures.firestore_emulator import FirestoreEmulator
 from fixtures.services import LOOPBACK, free_port, wait_until
-from processor_guard import ConfigError, LeaseLost, StoreUnavailable, date_lock, open_store
+from processor_guard import (
+    ConfigError,
+    LeaseLost,
+    LockBusy,
+    StoreUnavailable,
+    date_lock,
+    open_store,
+)
+from processor_guard.stores import open_async_store
 from processor_guard.stores.base import PollingWaiter, fence_seed
+from processor_guard.stores.firestore_aio import AsyncFirestoreStore
 from processor_guard.stores.firestore_cas import compare_and_set
 from processor_guard.stores.firestore_store import DEFAULT_COLLECTION, FirestoreStore
 
@@ -587,16 +597,86 @@ def test_a_caller_whose_acquire_failed_ambiguously_is_not_locked_out(
     # The write lands, its reply is lost, and so is the check that follows it.
     lossy = _LosesWriteReplies(firestore_client, 1)
     store = FirestoreStore(lossy, collection=collection)
-    real_landed = store._landed
-    store._landed = lambda *a: False  # type: ignore[method-assign]
+    real_landed = store.steps._landed
+
+    def not_seen(*args: Any) -> Iterator[Any]:
+        return False  # the read-back gets no answer either
+        yield  # (a generator of Firestore calls, as the steps it stands in for)
+
+    store.steps._landed = not_seen  # type: ignore[method-assign,assignment]
     with (
         pytest.raises(StoreUnavailable),
         date_lock("player_game_summary", "2026-02-03", store=store, ttl=10, owner="me"),
     ):
         pytest.fail("acquired without an answer")
-    store._landed = real_landed  # type: ignore[method-assign]
+    store.steps._landed = real_landed  # type: ignore[method-assign]
     orphan = store.holder(KEY)
     assert orphan is not None and orphan.owner == "me"
     with date_lock("player_game_summary", "2026-02-03", store=store, ttl=10, owner="me") as lease:
         assert lease.fence == orphan.fence
     assert store.holder(KEY) is None
+
+
+# --------------------------------------------------------------------------- AsyncClient
+
+
+def test_sync_and_async_holders_exclude_each_other(
+    store: FirestoreStore, firestore_client: Any, collection: str
+) -> None:
+    url = f"firestore://{firestore_client.project}/{collection}"
+    scope, day = KEY.split(":")
+
+    async def async_is_refused() -> None:
+        aio = open_async_store(url)
+        assert isinstance(aio, AsyncFirestoreStore)
+        with pytest.raises(LockBusy):
+            async with date_lock(scope, day, store=aio, ttl=30, owner="async"):
+                pytest.fail("the async holder got a key the sync one holds")
+        await aio.aclose()
+
+    def sync_is_refused() -> None:
+        with pytest.raises(LockBusy), date_lock(scope, day, store=store, ttl=30, owner="sync"):
+            pytest.fail("the sync holder got a key the async one holds")
+
+    async def async_holds_while_sync_is_refused(sync_fence: int) -> None:
+        aio = open_async_store(url)
+        async with date_lock(scope, day, store=aio, ttl=30, owner="async") as lease:
+            assert lease.fence > sync_fence
+            held = store.holder(KEY)
+            assert held is not None and (held.owner, held.fence) == ("async", lease.fence)
+            await asyncio.to_thread(sync_is_refused)
+        await aio.aclose()
+
+    with date_lock(scope, day, store=store, ttl=30, owner="sync") as lease:
+        asyncio.run(async_is_refused())
+        assert store.holder(KEY) is not None
+    asyncio.run(async_holds_while_sync_is_refused(lease.fence))
+    assert store.holder(KEY) is None
+
+
+def test_an_async_acquire_cancelled_anywhere_never_locks_its_owner_out(
+    firestore_client: Any, collection: str
+) -> None:
+    async def main() -> None:
+        aio = AsyncFirestoreStore.from_project(firestore_client.project, collection)
+        cut_short = 0
+        # Cancelled after 0, 2, 4, ... ms: before the read, between the read and the
+        # write, while the write is on its way, after it landed (or once it finished).
+        for ms in range(0, 80, 2):
+            first = asyncio.create_task(aio.try_acquire(KEY, "me", 30))
+            await asyncio.sleep(ms / 1000)
+            first.cancel()
+            try:
+                taken = await first
+            except asyncio.CancelledError:
+                cut_short += 1
+                taken = await aio.try_acquire(KEY, "me", 30)
+            assert taken.acquired
+            held = await aio.holder(KEY)
+            assert held is not None and (held.owner, held.fence) == ("me", taken.fence)
+            assert await aio.release(KEY, "me", taken.fence)
+            assert await aio.holder(KEY) is None
+        assert cut_short > 0
+        await aio.aclose()
+
+    asyncio.run(main())

@@ -1,10 +1,11 @@
 """The asyncio face of the lease stores: one interface, and the store for a URL.
 
 Redis gets a store of its own on ``redis.asyncio`` (``redis_aio``), running the same
-Lua scripts. Every other store is driven through :class:`ThreadedStore`: the memory
-store's calls are dictionary updates under a lock, made on the loop; SQLite's and
-Firestore's calls may wait (a file lock, a network round trip) and run on a small
-thread pool of the store's own, so they never block the event loop.
+Lua scripts, and Firestore one on Google's ``AsyncClient`` (``firestore_aio``), running
+the same compare-and-set steps. The other stores are driven through
+:class:`ThreadedStore`: the memory store's calls are dictionary updates under a lock,
+made on the loop; SQLite's calls may wait on a file lock and run on a small thread
+pool of the store's own, so they never block the event loop.
 """
 
 from __future__ import annotations
@@ -197,8 +198,9 @@ def as_async(store: LeaseStore) -> AsyncLeaseStore:
 
 def open_async_store(url: str) -> AsyncLeaseStore:
     """The async store a URL names (see :func:`~processor_guard.stores.open_store`):
-    ``redis://`` and ``rediss://`` on ``redis.asyncio``; the others through
-    :class:`ThreadedStore`. Bound to the running event loop for Redis."""
+    ``redis://`` and ``rediss://`` on ``redis.asyncio``, ``firestore://`` on Google's
+    ``AsyncClient``; the others through :class:`ThreadedStore`. Bound to the running
+    event loop for Redis and Firestore."""
     from . import open_store
 
     store = open_store(url)  # validates the URL, whatever the scheme
@@ -209,4 +211,11 @@ def open_async_store(url: str) -> AsyncLeaseStore:
         with contextlib.closing(store):
             # redis-py knows its schemes in lower case only.
             return AsyncRedisStore.from_url(f"{scheme.lower()}://{rest}")
+    if scheme.lower() == "firestore":
+        from .firestore_aio import AsyncFirestoreStore
+        from .firestore_store import FirestoreStore
+
+        assert isinstance(store, FirestoreStore)
+        with contextlib.closing(store):
+            return AsyncFirestoreStore.from_project(store.client.project, store.collection)
     return as_async(store)

@@ -40,22 +40,34 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from ..errors import ConfigError, MissingDependency, StoreUnavailable
 from .base import AcquireResult, Holder, LeaseStore, ReleaseWaiter, fence_seed
 from .firestore_cas import (
+    CONFLICT,
     DEFAULT_TIMEOUT,
     CasOutcome,
-    compare_and_set,
-    is_unavailable,
-    read_doc,
+    Read,
+    Steps,
+    Update,
+    cas_steps,
     read_retry,
+    run_steps,
     store_unavailable,
+    unavailable_raised_as_store_error,
     update_payload,
 )
 
-__all__ = ["DEFAULT_COLLECTION", "FirestoreStore"]
+__all__ = [
+    "DEFAULT_COLLECTION",
+    "FirestoreCollection",
+    "FirestoreLeaseSteps",
+    "FirestoreStore",
+    "check_collection",
+    "check_store_settings",
+    "new_client",
+]
 
 DEFAULT_COLLECTION = "processor_guard_leases"
 # Acquisitions with unknown outcome remembered for the owner's next call (bounded).
@@ -63,6 +75,8 @@ MAX_UNANSWERED = 1024
 # Leases whose last written state is remembered for a one-write release (bounded).
 MAX_REMEMBERED = 4096
 Doc = dict[str, Any]
+T = TypeVar("T")
+S = TypeVar("S", bound="FirestoreCollection")
 log = logging.getLogger("processor_guard.stores.firestore")
 
 
@@ -85,12 +99,20 @@ def _check_ttl(ttl: object) -> None:
         raise ConfigError(f"ttl must be a number of seconds > 0, got {ttl!r}")
 
 
-def _check_collection(collection: object) -> str:
+def check_collection(collection: object) -> str:
     if not isinstance(collection, str) or not collection or "/" in collection:
         raise ConfigError(
             f"Firestore collection must be a non-empty name without '/', got {collection!r}"
         )
     return collection
+
+
+def check_store_settings(timeout: object, cleanup_after: object) -> None:
+    """ConfigError unless ``timeout`` > 0 and ``cleanup_after`` >= 0 (seconds)."""
+    if not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ConfigError(f"timeout must be > 0 seconds, got {timeout!r}")
+    if not isinstance(cleanup_after, (int, float)) or not cleanup_after >= 0:
+        raise ConfigError(f"cleanup_after must be >= 0 seconds, got {cleanup_after!r}")
 
 
 def _live(doc: Doc | None, now: dt.datetime) -> bool:
@@ -131,69 +153,27 @@ class _SnapshotWaiter(ReleaseWaiter):
                 log.debug("closing the release listener for %s failed: %r", self._key, exc)
 
 
-class FirestoreStore(LeaseStore):
-    """Leases in a Firestore collection (default ``processor_guard_leases``).
+class FirestoreLeaseSteps:
+    """The lease store's logic on one collection, for either client: each operation
+    is a generator of Firestore calls (see ``firestore_cas``), run by FirestoreStore on
+    a ``Client`` and by AsyncFirestoreStore on an ``AsyncClient``.
 
-    ``timeout`` bounds each Firestore call (reads including their retries), so an
-    unreachable server raises StoreUnavailable within seconds. ``cleanup_after`` is how
-    long after a lease's expiry its ``expire_at`` TTL field lets Firestore delete the
-    document; fences stay monotonic either way. ``listen=False`` makes waiters poll
-    instead of listening for releases.
+    It remembers, per store object, acquisitions and releases whose write had no
+    answer (the owner's next identical call answers for them) and the state last
+    written for each lease (for a one-write release).
     """
 
-    scheme = "firestore"
-    max_key_bytes = 1500  # Firestore document ids
-
-    def __init__(
-        self,
-        client: Any,
-        collection: str = DEFAULT_COLLECTION,
-        *,
-        timeout: float = DEFAULT_TIMEOUT,
-        cleanup_after: float = 7 * 86400.0,
-        listen: bool = True,
-        owns_client: bool = False,
-    ) -> None:
-        if not timeout > 0:
-            raise ConfigError(f"timeout must be > 0 seconds, got {timeout!r}")
-        if not cleanup_after >= 0:
-            raise ConfigError(f"cleanup_after must be >= 0 seconds, got {cleanup_after!r}")
-        self.client = client
-        self.collection = _check_collection(collection)
-        self.timeout = float(timeout)
+    def __init__(self, coll: Any, *, cleanup_after: float) -> None:
+        self.coll = coll
         self.cleanup_after = dt.timedelta(seconds=cleanup_after)
-        self.listen = listen
-        self._owns_client = owns_client
-        self._coll = client.collection(self.collection)
-        # (key, owner) -> fence of an acquisition whose write had no answer.
-        self._unanswered: dict[tuple[str, str], int] = {}
+        # (key, owner) -> fence of an acquisition whose write had no answer;
+        # (key, owner, fence) -> fence of a release whose write had no answer.
+        self._unanswered: dict[tuple[str, str] | tuple[str, str, int], int] = {}
         # (key, owner, fence) -> (update time, document) of this store's last write.
         self._last_write: dict[tuple[str, str, int], tuple[dt.datetime, Doc]] = {}
 
-    @classmethod
-    def from_project(cls, project: str, collection: str | None = None) -> FirestoreStore:
-        """A store with its own client for ``project`` (honours FIRESTORE_EMULATOR_HOST)."""
-        if not isinstance(project, str) or not project:
-            raise ConfigError(f"Firestore project must be a non-empty string, got {project!r}")
-        coll = _check_collection(collection) if collection is not None else DEFAULT_COLLECTION
-        try:
-            from google.cloud import firestore
-        except ImportError:
-            raise MissingDependency(
-                "the firestore:// lease store", "google-cloud-firestore", "firestore"
-            ) from None
-        try:
-            client = firestore.Client(project=project)
-        except Exception as exc:  # google.auth's DefaultCredentialsError and friends
-            raise ConfigError(
-                f"cannot create a Firestore client for project {project!r}: {exc}"
-            ) from exc
-        return cls(client, coll, owns_client=True)
-
-    # ------------------------------------------------------------------ helpers
-
-    def _ref(self, key: str) -> Any:
-        return self._coll.document(_check_key(key))
+    def ref(self, key: str) -> Any:
+        return self.coll.document(_check_key(key))
 
     def _cas(
         self,
@@ -202,23 +182,22 @@ class FirestoreStore(LeaseStore):
         *,
         max_attempts: int,
         base_delay: float,
-    ) -> CasOutcome:
-        return compare_and_set(
-            self.client,
-            self._ref(key),
-            decide,
-            key=key,
-            max_attempts=max_attempts,
-            base_delay=base_delay,
-            timeout=self.timeout,
+    ) -> Steps[CasOutcome]:
+        return cas_steps(
+            self.ref(key), decide, key=key, max_attempts=max_attempts, base_delay=base_delay
         )
+
+    def _note_unanswered(self, call: tuple[str, str] | tuple[str, str, int], fence: int) -> None:
+        if len(self._unanswered) < MAX_UNANSWERED:
+            self._unanswered[call] = fence
 
     @staticmethod
     def _fence_of(doc: Doc | None) -> int:
         fence = (doc or {}).get("fence")
         return fence if isinstance(fence, int) and not isinstance(fence, bool) else 0
 
-    def _holder(self, key: str, doc: Doc | None, now: dt.datetime) -> Holder | None:
+    def holder_of(self, key: str, doc: Doc | None, now: dt.datetime) -> Holder | None:
+        """The live holder a document shows at server time ``now``."""
         if doc is None or not _live(doc, now):
             return None
         remaining = (doc["expires"] - now).total_seconds()
@@ -227,9 +206,11 @@ class FirestoreStore(LeaseStore):
     def _next_fence(self, doc: Doc | None, now: dt.datetime) -> int:
         return max(self._fence_of(doc) + 1, fence_seed(now.timestamp()))
 
-    # ------------------------------------------------------------------ LeaseStore
+    @staticmethod
+    def _ours(doc: Doc | None, owner: str, fence: int) -> bool:
+        return doc is not None and doc.get("owner") == owner and doc.get("fence") == fence
 
-    def try_acquire(self, key: str, owner: str, ttl: float) -> AcquireResult:
+    def try_acquire(self, key: str, owner: str, ttl: float) -> Steps[AcquireResult]:
         _check_ttl(ttl)
         busy: list[Holder | None] = [None]
         # The fence of an earlier call of this owner whose write had no answer: if the
@@ -245,7 +226,7 @@ class FirestoreStore(LeaseStore):
                     tried[:] = [unanswered]
                     doc.update(expires=expires, expire_at=expires + self.cleanup_after)
                     return doc
-                busy[0] = self._holder(key, doc, now)
+                busy[0] = self.holder_of(key, doc, now)
                 return None
             tried[:] = [self._next_fence(doc, now)]
             new = dict(doc or {})
@@ -263,12 +244,16 @@ class FirestoreStore(LeaseStore):
 
         # A lost race re-reads at once: the winner then shows as busy.
         try:
-            outcome = self._cas(key, decide, max_attempts=4, base_delay=0.0)
+            outcome = yield from self._cas(key, decide, max_attempts=4, base_delay=0.0)
         except StoreUnavailable:
-            if tried and self._landed(key, owner, tried[0]):
+            if tried and (yield from self._landed(key, owner, tried[0])):
                 return AcquireResult(True, fence=tried[0])
-            if tried and len(self._unanswered) < MAX_UNANSWERED:
-                self._unanswered[(key, owner)] = tried[0]
+            if tried:
+                self._note_unanswered((key, owner), tried[0])
+            raise
+        except BaseException:  # cancelled or interrupted: the write may have landed
+            if tried:
+                self._note_unanswered((key, owner), tried[0])
             raise
         if outcome.written:
             assert outcome.after is not None
@@ -277,7 +262,7 @@ class FirestoreStore(LeaseStore):
             return AcquireResult(True, fence=fence)
         return AcquireResult(False, holder=busy[0])
 
-    def renew(self, key: str, owner: str, fence: int, ttl: float) -> bool:
+    def renew(self, key: str, owner: str, fence: int, ttl: float) -> Steps[bool]:
         _check_ttl(ttl)
 
         def decide(doc: Doc | None, now: dt.datetime) -> Doc | None:
@@ -288,7 +273,7 @@ class FirestoreStore(LeaseStore):
             doc.update(expires=expires, expire_at=expires + self.cleanup_after, renewed_at=now)
             return doc
 
-        outcome = self._cas(key, decide, max_attempts=20, base_delay=0.005)
+        outcome = yield from self._cas(key, decide, max_attempts=20, base_delay=0.005)
         if outcome.gave_up:
             raise store_unavailable(TimeoutError("too many conflicting writes"), key, "renew")
         if outcome.written:
@@ -304,10 +289,9 @@ class FirestoreStore(LeaseStore):
         if outcome.after is not None and outcome.update_time is not None:
             self._last_write[(key, owner, fence)] = (outcome.update_time, outcome.after)
 
-    def _release_as_last_written(self, key: str, owner: str, fence: int) -> bool:
+    def _release_as_last_written(self, key: str, owner: str, fence: int) -> Steps[bool]:
         """Release in one conditional write when the document is still exactly what
         this store last wrote for the lease; False when it changed (or is unknown)."""
-        from google.api_core import exceptions as gexc
         from google.cloud.firestore_v1 import SERVER_TIMESTAMP
 
         last = self._last_write.pop((key, owner, fence), None)
@@ -318,26 +302,21 @@ class FirestoreStore(LeaseStore):
         # bounds the clean-up time without a read of the server's clock.
         after = dict(before, owner=None, expires=None, released_at=SERVER_TIMESTAMP)
         after["expire_at"] = before["expires"] + self.cleanup_after
-        try:
-            self._ref(key).update(
-                update_payload(before, after),
-                option=self.client.write_option(last_update_time=update_time),
-                retry=None,
-                timeout=self.timeout,
-            )
-        except (gexc.FailedPrecondition, gexc.NotFound):
-            return False  # written by someone else since: decide on a fresh read
-        except Exception as exc:
-            if is_unavailable(exc):
-                raise store_unavailable(exc, key, "release") from exc
-            raise
-        return True
+        payload = update_payload(before, after)
+        # CONFLICT: written by someone else since: decide on a fresh read.
+        result = yield Update(self.ref(key), key, payload, update_time, action="release")
+        return result is not CONFLICT
 
-    def release(self, key: str, owner: str, fence: int) -> bool:
-        if self._release_as_last_written(key, owner, fence):
-            return True
+    def release(self, key: str, owner: str, fence: int) -> Steps[bool]:
+        # An earlier release of this lease had no answer: a document still showing the
+        # lease's fence without an owner was freed by it (only the owner releases, and
+        # a break or a new holder raises the fence).
+        retried = self._unanswered.pop((key, owner, fence), None) is not None
+        freed_before = [False]
 
         def decide(doc: Doc | None, now: dt.datetime) -> Doc | None:
+            freed_before[0] = retried and doc is not None and doc.get("owner") is None
+            freed_before[0] = freed_before[0] and self._fence_of(doc) == fence
             if not self._ours(doc, owner, fence):
                 return None
             assert doc is not None
@@ -346,44 +325,43 @@ class FirestoreStore(LeaseStore):
             )
             return doc
 
-        outcome = self._cas(key, decide, max_attempts=20, base_delay=0.005)
+        try:
+            if (yield from self._release_as_last_written(key, owner, fence)):
+                return True
+            outcome = yield from self._cas(key, decide, max_attempts=20, base_delay=0.005)
+        except BaseException:
+            self._note_unanswered((key, owner, fence), fence)
+            raise
         if outcome.gave_up:
             raise store_unavailable(TimeoutError("too many conflicting writes"), key, "release")
-        return outcome.written
+        return outcome.written or freed_before[0]
 
-    def _landed(self, key: str, owner: str, fence: int) -> bool:
+    def _landed(self, key: str, owner: str, fence: int) -> Steps[bool]:
         """After a write with no answer: does the document show it (one read)?"""
         try:
-            snap = read_doc(self._ref(key), key=key, timeout=self.timeout)
+            snap = yield Read(self.ref(key), key)
         except StoreUnavailable:
             return False
         doc = snap.to_dict() if snap.exists else None
         return self._ours(doc, owner, fence) and _live(doc, snap.read_time)
 
-    @staticmethod
-    def _ours(doc: Doc | None, owner: str, fence: int) -> bool:
-        return doc is not None and doc.get("owner") == owner and doc.get("fence") == fence
+    def holder(self, key: str) -> Steps[Holder | None]:
+        snap = yield Read(self.ref(key), key)
+        return self.holder_of(key, snap.to_dict() if snap.exists else None, snap.read_time)
 
-    def holder(self, key: str) -> Holder | None:
-        snap = read_doc(self._ref(key), key=key, timeout=self.timeout)
-        return self._holder(key, snap.to_dict() if snap.exists else None, snap.read_time)
-
-    def holders(self) -> list[Holder]:
+    def live_query(self) -> Any:
+        """The query for documents that may hold a live lease (run it, then holders_of)."""
         from google.cloud.firestore_v1.base_query import FieldFilter
 
-        query = self._coll.where(
-            filter=FieldFilter("expires", ">", dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc))
-        )
-        try:
-            snaps = list(query.stream(retry=read_retry(self.timeout), timeout=self.timeout))
-        except Exception as exc:
-            if is_unavailable(exc):
-                raise store_unavailable(exc, None, f"listing of {self.collection!r}") from exc
-            raise
-        found = (self._holder(s.id, s.to_dict(), s.read_time) for s in snaps)
+        epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+        return self.coll.where(filter=FieldFilter("expires", ">", epoch))
+
+    def holders_of(self, snaps: list[Any]) -> list[Holder]:
+        """The live holders among ``live_query``'s snapshots, sorted by key."""
+        found = (self.holder_of(s.id, s.to_dict(), s.read_time) for s in snaps)
         return sorted((h for h in found if h is not None), key=lambda h: h.key)
 
-    def break_lease(self, key: str) -> int:
+    def break_lease(self, key: str) -> Steps[int]:
         def decide(doc: Doc | None, now: dt.datetime) -> Doc | None:
             new = dict(doc or {})
             new.update(
@@ -395,21 +373,118 @@ class FirestoreStore(LeaseStore):
             )
             return new
 
-        outcome = self._cas(key, decide, max_attempts=50, base_delay=0.005)
+        outcome = yield from self._cas(key, decide, max_attempts=50, base_delay=0.005)
         if not outcome.written:
             raise store_unavailable(TimeoutError("too many conflicting writes"), key, "break")
         assert outcome.after is not None
         return int(outcome.after["fence"])
 
-    def release_waiter(self, key: str) -> ReleaseWaiter:
-        if not self.listen:
-            return super().release_waiter(key)
-        return _SnapshotWaiter(self._ref(key), key)
 
-    def close(self) -> None:
-        if self._owns_client:
-            self.client.close()
+class FirestoreCollection:
+    """What a Firestore lease store (sync or async) is built on: the client, the
+    collection, the settings and the lease steps on them.
+
+    ``timeout`` bounds each Firestore call (reads including their retries), so an
+    unreachable server raises StoreUnavailable within seconds. ``cleanup_after`` is how
+    long after a lease's expiry its ``expire_at`` TTL field lets Firestore delete the
+    document; fences stay monotonic either way. ``listen=False`` makes waiters poll
+    instead of listening for releases (Google's AsyncClient has no listeners: the
+    async store always polls).
+    """
+
+    #: from_project builds a google.cloud.firestore.AsyncClient rather than a Client.
+    async_client: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        client: Any,
+        collection: str = DEFAULT_COLLECTION,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        cleanup_after: float = 7 * 86400.0,
+        listen: bool = True,
+        owns_client: bool = False,
+    ) -> None:
+        check_store_settings(timeout, cleanup_after)
+        self.client = client
+        self.collection = check_collection(collection)
+        self.timeout = float(timeout)
+        self.listen = listen
+        self.owns_client = owns_client
+        self.steps = FirestoreLeaseSteps(
+            client.collection(self.collection), cleanup_after=cleanup_after
+        )
+
+    @property
+    def cleanup_after(self) -> dt.timedelta:
+        return self.steps.cleanup_after
+
+    @classmethod
+    def from_project(cls: type[S], project: str, collection: str | None = None) -> S:
+        """A store with its own client for ``project`` (honours FIRESTORE_EMULATOR_HOST)."""
+        client = new_client(project, asynchronous=cls.async_client)
+        return cls(client, collection or DEFAULT_COLLECTION, owns_client=True)
 
     def __repr__(self) -> str:
         project = getattr(self.client, "project", "?")
-        return f"<FirestoreStore {project}/{self.collection}>"
+        return f"<{type(self).__name__} {project}/{self.collection}>"
+
+
+class FirestoreStore(FirestoreCollection, LeaseStore):
+    """Leases in a Firestore collection (default ``processor_guard_leases``) through a
+    ``google.cloud.firestore.Client``; the arguments are FirestoreCollection's."""
+
+    scheme = "firestore"
+    max_key_bytes = 1500  # Firestore document ids
+
+    def _run(self, steps: Steps[T]) -> T:
+        return run_steps(steps, self.client, timeout=self.timeout)
+
+    def try_acquire(self, key: str, owner: str, ttl: float) -> AcquireResult:
+        return self._run(self.steps.try_acquire(key, owner, ttl))
+
+    def renew(self, key: str, owner: str, fence: int, ttl: float) -> bool:
+        return self._run(self.steps.renew(key, owner, fence, ttl))
+
+    def release(self, key: str, owner: str, fence: int) -> bool:
+        return self._run(self.steps.release(key, owner, fence))
+
+    def holder(self, key: str) -> Holder | None:
+        return self._run(self.steps.holder(key))
+
+    def holders(self) -> list[Holder]:
+        query = self.steps.live_query()
+        with unavailable_raised_as_store_error(None, f"listing of {self.collection!r}"):
+            snaps = list(query.stream(retry=read_retry(self.timeout), timeout=self.timeout))
+        return self.steps.holders_of(snaps)
+
+    def break_lease(self, key: str) -> int:
+        return self._run(self.steps.break_lease(key))
+
+    def release_waiter(self, key: str) -> ReleaseWaiter:
+        if not self.listen:
+            return super().release_waiter(key)
+        return _SnapshotWaiter(self.steps.ref(key), key)
+
+    def close(self) -> None:
+        if self.owns_client:
+            self.client.close()
+
+
+def new_client(project: str, *, asynchronous: bool = False) -> Any:
+    """A Firestore ``Client`` (``AsyncClient``) for ``project``; honours
+    FIRESTORE_EMULATOR_HOST."""
+    if not isinstance(project, str) or not project:
+        raise ConfigError(f"Firestore project must be a non-empty string, got {project!r}")
+    try:
+        from google.cloud import firestore
+    except ImportError:
+        raise MissingDependency(
+            "the firestore:// lease store", "google-cloud-firestore", "firestore"
+        ) from None
+    try:
+        return (firestore.AsyncClient if asynchronous else firestore.Client)(project=project)
+    except Exception as exc:  # google.auth's DefaultCredentialsError and friends
+        raise ConfigError(
+            f"cannot create a Firestore client for project {project!r}: {exc}"
+        ) from exc

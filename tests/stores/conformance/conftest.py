@@ -44,6 +44,8 @@ CROSS_PROCESS_KINDS = KINDS[1:]
 # Every test on a kit runs on both APIs: ``with date_lock`` and ``async with date_lock``
 # (the test body drives the async one through AsyncBridge).
 APIS = ("sync", "async")
+# Kinds whose async API is a store of its own (the others go through ThreadedStore).
+NATIVE_ASYNC_KINDS = ("redis", "firestore")
 
 
 def _with_apis(kinds: list[Any]) -> list[Any]:
@@ -69,11 +71,13 @@ class AsyncBridge:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def async_store(self, store: object) -> object:
-        """The kit's store as its native async store (Redis on redis.asyncio)."""
+        """The kit's store as its native async store (Redis on redis.asyncio, Firestore
+        on AsyncClient)."""
         if not isinstance(store, LeaseStore):
             return store
         if id(store) not in self._stores:
-            native = store is self.kit.store and self.kit.url and self.kit.kind == "redis"
+            native_kind = self.kit.kind in NATIVE_ASYNC_KINDS
+            native = store is self.kit.store and self.kit.url and native_kind
             self._stores[id(store)] = (
                 open_async_store(self.kit.url) if native and self.kit.url else as_async(store)
             )
