@@ -131,18 +131,23 @@ def make_processors_from_env(
     }
 
 
-def main() -> None:
-    """Serve pushes, configured by the environment (see above)."""
+def serve(build: Callable[[], Mapping[str, ProcessorFactory]], name: str) -> None:
+    """Serve pushes for the processors ``build()`` makes from the environment."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     try:
-        processors = make_processors_from_env()
+        processors = build()
     except ConfigError as exc:
-        print(f"analytics_service: error: {exc}", file=sys.stderr)
+        print(f"{name}: error: {exc}", file=sys.stderr)
         raise SystemExit(64) from None
     port = int(os.environ.get("PORT", "8080"))
     with make_server(os.environ.get("HOST", "127.0.0.1"), port, make_app(processors)) as server:
         print("listening on {}:{}".format(*server.server_address[:2]), file=sys.stderr, flush=True)
         server.serve_forever()
+
+
+def main() -> None:
+    """Serve pushes, configured by the environment (see above)."""
+    serve(make_processors_from_env, "analytics_service")
 
 
 if __name__ == "__main__":

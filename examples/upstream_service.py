@@ -15,17 +15,15 @@ Run it on a DuckDB file (``DATA_DIR``) with a lease store::
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from wsgiref.simple_server import make_server
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from analytics_service import ProcessorFactory, make_app
+from analytics_service import ProcessorFactory, serve
 from upstream_processors import (
     MlbPitcherGameSummaryProcessor,
     PlayerGameSummaryProcessor,
@@ -95,16 +93,7 @@ def make_processors_from_env(environ: Mapping[str, str] = os.environ) -> dict[st
 
 def main() -> None:
     """Serve pushes, configured by the environment (see above)."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    try:
-        processors = make_processors_from_env()
-    except ConfigError as exc:
-        print(f"upstream_service: error: {exc}", file=sys.stderr)
-        raise SystemExit(64) from None
-    port = int(os.environ.get("PORT", "8080"))
-    with make_server(os.environ.get("HOST", "127.0.0.1"), port, make_app(processors)) as server:
-        print("listening on {}:{}".format(*server.server_address[:2]), file=sys.stderr, flush=True)
-        server.serve_forever()
+    serve(make_processors_from_env, "upstream_service")
 
 
 if __name__ == "__main__":

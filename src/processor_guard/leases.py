@@ -712,25 +712,15 @@ class _Keeper:
         except Exception as exc:
             answers = [exc] * len(batch)
         for lease, answer, at in zip(batch, answers, started, strict=True):
-            try:
-                if not lease.active:
-                    follow = None
-                elif isinstance(answer, Exception):
-                    follow = lease._renew_failed(answer)
-                else:
-                    follow = lease._renewed(bool(answer), at)
-            except Exception as exc:
-                log.exception("renewal of %s raised unexpectedly", lease.key)
-                lease._mark_lost(f"renewal raised {exc!r}")
-                follow = None
-            finally:
-                self._inflight.discard(id(lease))
-            if follow is not None:
-                self._schedule(self._at(lease, follow), "renew", lease)
+            self._settle(lease, functools.partial(_follow_answer, lease, answer, at))
 
     def _renew(self, lease: Lease) -> None:
+        self._settle(lease, lease._renew_once)
+
+    def _settle(self, lease: Lease, renewal: Callable[[], float | None]) -> None:
+        """Run ``renewal`` (its answer: when to renew next, or None) and schedule that."""
         try:
-            follow = lease._renew_once()
+            follow = renewal()
         except Exception as exc:
             log.exception("renewal of %s raised unexpectedly", lease.key)
             lease._mark_lost(f"renewal raised {exc!r}")
@@ -743,6 +733,15 @@ class _Keeper:
 
 
 _keeper = _Keeper()
+
+
+def _follow_answer(lease: Lease, answer: bool | Exception, started: float) -> float | None:
+    """A batched renewal's answer for ``lease``: when to renew next, None when done."""
+    if not lease.active:
+        return None
+    if isinstance(answer, Exception):
+        return lease._renew_failed(answer)
+    return lease._renewed(bool(answer), started)
 
 
 def _after_fork_in_child() -> None:

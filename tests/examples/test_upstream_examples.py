@@ -26,13 +26,14 @@ from processor_guard.completion.docstore import SQLiteDocumentClient
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 sys.path.insert(0, str(EXAMPLES))
 
+from analytics_service import make_app  # noqa: E402
 from upstream_processors import (  # noqa: E402
     MlbPitcherGameSummaryProcessor,
     PlayerGameSummaryProcessor,
     PlayerPropEnrichmentProcessor,
     UpstreamAnalyticsProcessor,
 )
-from upstream_service import NBA_PROCESSORS, make_app, make_processors_from_env  # noqa: E402
+from upstream_service import NBA_PROCESSORS, make_processors_from_env  # noqa: E402
 from upstream_tables import PROP_COLUMNS, create_tables  # noqa: E402
 
 DAY = "2026-02-03"
