@@ -4,7 +4,6 @@ column's type compares them, and the empty-key policy, on DuckDB and the emulato
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -12,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fixtures.pgs_rows import DUCKDB_PGS
 from processor_guard import ConfigError, InvalidRows, safe_merge
 from processor_guard._values import coerce, plain_value
 from processor_guard.writes.warehouse import as_warehouse
@@ -20,23 +18,6 @@ from processor_guard.writes.warehouse import as_warehouse
 DAY = dt.date(2026, 2, 3)
 KEYS = ("game_date", "player_lookup")
 UTC = dt.timezone.utc
-
-
-@pytest.fixture(params=["duckdb", "bigquery"])
-def pgs(request: pytest.FixtureRequest) -> Iterator[tuple[Any, str]]:
-    """(client, table): an empty player_game_summary on each engine."""
-    if request.param == "bigquery":
-        request.applymarker(pytest.mark.bigquery)
-        emulator = request.getfixturevalue("bigquery_emulator")
-        client = emulator.client()
-        yield client, emulator.create_player_game_summary(client)
-        return
-    import duckdb
-
-    conn = duckdb.connect()
-    conn.execute(DUCKDB_PGS.format(name="main.player_game_summary"))
-    yield conn, "main.player_game_summary"
-    conn.close()
 
 
 def _stored(client: Any, table: str) -> dict[str, dict[str, Any]]:

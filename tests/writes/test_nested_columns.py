@@ -53,7 +53,13 @@ def _bigquery_nested(emulator: Any, client: Any) -> str:
     return name
 
 
-@pytest.fixture(params=["duckdb", "bigquery-inline", "bigquery-staging"])
+@pytest.fixture(
+    params=[
+        "duckdb",
+        pytest.param("bigquery-inline", marks=pytest.mark.bigquery),
+        pytest.param("bigquery-staging", marks=pytest.mark.bigquery),
+    ]
+)
 def nested(request: pytest.FixtureRequest) -> Iterator[tuple[Any, str, dict[str, Any]]]:
     """(client, table, extra safe_merge arguments) for a table with nested columns."""
     if request.param == "duckdb":
@@ -64,7 +70,6 @@ def nested(request: pytest.FixtureRequest) -> Iterator[tuple[Any, str, dict[str,
         yield conn, "main.nested", {}
         conn.close()
         return
-    request.applymarker(pytest.mark.bigquery)
     emulator = request.getfixturevalue("bigquery_emulator")
     client = emulator.client()
     extra = {"staging_threshold_bytes": 0} if request.param.endswith("staging") else {}

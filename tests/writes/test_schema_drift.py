@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,22 +15,6 @@ from processor_guard.writes.warehouse import as_warehouse
 
 DAY = dt.date(2026, 2, 3)
 KEYS = ("game_date", "player_lookup")
-
-
-@pytest.fixture(params=["duckdb", "bigquery"])
-def pgs(request: pytest.FixtureRequest) -> Iterator[tuple[Any, str]]:
-    if request.param == "bigquery":
-        request.applymarker(pytest.mark.bigquery)
-        emulator = request.getfixturevalue("bigquery_emulator")
-        client = emulator.client()
-        yield client, emulator.create_player_game_summary(client)
-        return
-    import duckdb
-
-    conn = duckdb.connect()
-    conn.execute(DUCKDB_PGS.format(name="main.player_game_summary"))
-    yield conn, "main.player_game_summary"
-    conn.close()
 
 
 def _rows() -> list[dict[str, Any]]:
@@ -133,3 +116,22 @@ def test_bigquery_adds_nullable_columns_to_the_schema(bigquery_emulator: Any) ->
     )  # fmt: skip
     assert fields["points"].field_type in ("INT64", "INTEGER")
     assert list(fields).count("points") == 1
+
+
+def test_an_added_timestamp_column_keeps_the_instant_whatever_the_session_zone() -> None:
+    """BigQuery's TIMESTAMP is an instant: the column added on DuckDB is TIMESTAMPTZ (a
+    plain TIMESTAMP is a wall-clock type), and a connection set to another time zone
+    stores the instant sent."""
+    import duckdb
+
+    conn = duckdb.connect()
+    conn.execute("SET TimeZone = 'America/New_York'")
+    conn.execute(DUCKDB_PGS.format(name="main.player_game_summary"))
+    tipped = dt.datetime(2026, 2, 4, 0, 30, tzinfo=dt.timezone.utc)
+    rows = [{"game_date": DAY, "player_lookup": "p1", "points": 3, "tipped_at": tipped}]
+    safe_merge(conn, "main.player_game_summary", rows, keys=KEYS, new_columns="add")
+    (kind,) = conn.execute(
+        "SELECT data_type FROM information_schema.columns WHERE column_name = 'tipped_at'"
+    ).fetchone()
+    (epoch,) = conn.execute("SELECT epoch(tipped_at) FROM main.player_game_summary").fetchone()
+    assert (kind, epoch) == ("TIMESTAMP WITH TIME ZONE", tipped.timestamp())

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from ..writes.warehouse.plan import Column
+from ..writes.warehouse.sql import duckdb_type
+
 __all__ = [
     "COLUMNS",
     "DEMO_DATE",
@@ -126,15 +129,6 @@ COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     ),
 }
 
-_DUCKDB_TYPES = {
-    "STRING": "VARCHAR",
-    "DATE": "DATE",
-    "INT64": "BIGINT",
-    "NUMERIC": "DECIMAL(38, 9)",
-    "FLOAT64": "DOUBLE",
-    "BOOL": "BOOLEAN",
-    "TIMESTAMP": "TIMESTAMPTZ",
-}
 
 _TEAMS = [
     "ATL",
@@ -590,7 +584,7 @@ def create_table_sql(table: str, *, engine: str = "duckdb", qualified: str | Non
         raise ValueError(f"unknown analytics table {table!r}")
     name = qualified or table
     if engine == "duckdb":
-        cols = ", ".join(f"{c} {_DUCKDB_TYPES[t]}" for c, t in COLUMNS[table])
+        cols = ", ".join(f"{c} {duckdb_type(Column(c, t))}" for c, t in COLUMNS[table])
         return f"CREATE TABLE IF NOT EXISTS {name} ({cols})"
     if engine == "bigquery":
         cols = ", ".join(f"{c} {t}" for c, t in COLUMNS[table])

@@ -144,6 +144,8 @@ _DUCKDB_SCALARS = {
     "BOOL": "BOOLEAN",
     "BYTES": "BLOB",
     "DATETIME": "TIMESTAMP",
+    # BigQuery's TIMESTAMP is an instant; DuckDB's plain TIMESTAMP is a wall-clock type.
+    "TIMESTAMP": "TIMESTAMPTZ",
     "NUMERIC": "DECIMAL(38, 9)",
 }
 
