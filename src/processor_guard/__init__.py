@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         guarded,
         register_hooks,
     )
+    from .outcomes import Outcomes
     from .stores import (
         FirestoreStore,
         LeaseStore,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
         SQLiteStore,
         open_store,
     )
+    from .stores.aio import open_async_store
     from .writes.dedup import TABLES, DedupReport, TableSpec, dedupe_rows
     from .writes.inspect import find_duplicates
     from .writes.merge import MergeResult, asafe_merge, safe_merge
@@ -60,6 +62,7 @@ _EXPORTS = {
     "LeaseHooks": "leases",
     # stores
     "open_store": "stores",
+    "open_async_store": "stores.aio",
     "LeaseStore": "stores",
     "MemoryStore": "stores",
     "SQLiteStore": "stores",
@@ -84,6 +87,8 @@ _EXPORTS = {
     "safe_merge": "writes.merge",
     "asafe_merge": "writes.merge",
     "MergeResult": "writes.merge",
+    # services running several processors per message
+    "Outcomes": "outcomes",
     # completion and health
     "CompletionTracker": "completion.tracker",
     "CompletionState": "completion.state",
@@ -110,6 +115,7 @@ __all__ = [
     "MergeFailed",
     "MergeResult",
     "MissingDependency",
+    "Outcomes",
     "ReconcileReport",
     "RedisStore",
     "SQLiteStore",
@@ -123,6 +129,7 @@ __all__ = [
     "dedupe_rows",
     "find_duplicates",
     "guarded",
+    "open_async_store",
     "open_store",
     "register_hooks",
     "safe_merge",

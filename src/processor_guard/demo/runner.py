@@ -612,9 +612,8 @@ def _publish(events: Events, day: str) -> str:
 def _worker_guarded(cfg: WorkerConfig, events: Events) -> None:
     # Long: one guarded instance's run, step by step in the order the timeline
     # shows it to the reader of the demo.
-    from .. import LeaseHooks, register_hooks
     from ..completion.tracker import CompletionTracker
-    from ..leases import guarded
+    from ..leases import LeaseHooks, guarded, register_hooks
 
     store_url = cfg.store
     target = WarehouseTarget.parse(cfg.warehouse)
@@ -724,7 +723,9 @@ def _library_save(
     rows: list[dict[str, Any]],
     mid_save: Callable[[], None],
 ) -> dict[str, Any]:
-    from .. import current_lease, dedupe_rows, safe_merge
+    from ..leases import current_lease
+    from ..writes.dedup import dedupe_rows
+    from ..writes.merge import safe_merge
 
     spec = TABLES[table]
     deduped, _report = dedupe_rows(rows, keys=spec.keys, order_by=spec.order_by, keep="last")
