@@ -290,3 +290,18 @@ def test_as_warehouse_takes_anything_with_the_client_methods() -> None:
     assert isinstance(as_warehouse(mock.create_autospec(bigquery.Client)), BigQueryWarehouse)
     with pytest.raises(ConfigError, match="an object with its methods: query, get_table"):
         as_warehouse(object())
+
+
+def test_duckdb_short_read_is_retried_other_io_errors_are_not(tmp_path: Path) -> None:
+    """A short read of a file another process just rewrote (seen in CI with eight writer
+    processes on one file) is retried like a lock conflict; other I/O errors stay fatal.
+    The errors are built here: a real file cannot be made to give one on demand."""
+    import duckdb
+
+    wh = as_warehouse(str(tmp_path / "warehouse.duckdb"))
+    short = duckdb.IOException(
+        'IO Error: Could not read enough bytes from file "w.duckdb": attempted to read '
+        "262144 bytes from location 3420160"
+    )
+    assert wh.classify(short) == "conflict"
+    assert wh.classify(duckdb.IOException("IO Error: No space left on device")) == "fatal"
