@@ -52,6 +52,16 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
             "value": violations,
             "met": all(v == 0 for v in violations.values()),
         }
+    aio = results.get("redis_async", {}).get("uncontended", {})
+    if OURS in aio:
+        ratio = aio[OURS]["ratio_p50_to_floor"]
+        out["async_redis_p50_within_1.10x_floor"] = {"value": ratio, "met": ratio <= RATIO_TARGET}
+        peer = "redis-py asyncio Lock"
+        if peer in aio:
+            out["async_redis_p50_below_redis_py_asyncio_lock"] = {
+                "value": {peer: aio[peer]["p50_us"], OURS: aio[OURS]["p50_us"]},
+                "met": aio[OURS]["p50_us"] < aio[peer]["p50_us"],
+            }
     dedup = results.get("dedup", {}).get("dedup", {})
     if "ratio_vs_floor" in dedup:
         out["dedup_within_1.3x_floor"] = {
@@ -105,6 +115,22 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{row['min_per_process']} / {row['max_per_process']} | {row['violations']} |"
             )
         lines.append("")
+    aio = results.get("redis_async", {}).get("uncontended", {})
+    if aio:
+        lines += [
+            "**Redis, async acquire + release** (`async with date_lock`, one key, same run)",
+            "",
+            "| library | p50 (µs) | p99 (µs) | p50 / floor |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, row in aio.items():
+            label = f"**{name}**" if name == OURS else name
+            lines.append(
+                f"| {label} | {row['p50_us']:.1f} | {row['p99_us']:.1f} | "
+                f"{row['ratio_p50_to_floor']:.2f}x |"
+            )
+        lines.append("")
+    lines += _renewal_lines(results.get("renew_many", {}))
     lines += _topology_lines(results.get("redis_topologies", {}))
     fs = results.get("firestore", {})
     if "skipped" in fs or "error" in fs:
@@ -138,6 +164,26 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {name} | {value} | {_ok(row['met'])} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _renewal_lines(renew: dict[str, Any]) -> list[str]:
+    stores = {k: v for k, v in renew.items() if isinstance(v, dict) and "leases" in v}
+    if not stores:
+        return []
+    lines = [
+        f"**Renewing {next(iter(stores.values()))['leases']} leases of one process** "
+        "(one renewal period: one by one, then `renew_many`)",
+        "",
+        "| store | one by one (ms) | batched (ms) | round trips | speed-up |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, row in stores.items():
+        lines.append(
+            f"| {name} | {row['period_ms_one_by_one']:.2f} | {row['period_ms_renew_many']:.2f} | "
+            f"{row['round_trips_one_by_one']} -> {row['round_trips_renew_many']} | "
+            f"{row['ratio']:.1f}x |"
+        )
+    return [*lines, ""]
 
 
 def _topology_lines(topo: dict[str, Any]) -> list[str]:
