@@ -83,19 +83,9 @@ def markdown(results: dict[str, Any]) -> str:
     redis = results.get("redis", {})
     unc = redis.get("uncontended", {})
     if unc:
-        lines += [
-            "**Redis, uncontended acquire + release** (one key, same server, same run)",
-            "",
-            "| library | p50 (µs) | p99 (µs) | p50 / floor |",
-            "|---|---:|---:|---:|",
-        ]
-        for name, row in unc.items():
-            label = f"**{name}**" if name == OURS else name
-            lines.append(
-                f"| {label} | {row['p50_us']:.1f} | {row['p99_us']:.1f} | "
-                f"{row['ratio_p50_to_floor']:.2f}x |"
-            )
-        lines.append("")
+        lines += _cycle_lines(
+            "**Redis, uncontended acquire + release** (one key, same server, same run)", unc
+        )
     elif "error" in redis:
         lines += [f"Redis benchmark failed: {redis['error']}", ""]
     con = redis.get("contended", {})
@@ -117,19 +107,9 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("")
     aio = results.get("redis_async", {}).get("uncontended", {})
     if aio:
-        lines += [
-            "**Redis, async acquire + release** (`async with date_lock`, one key, same run)",
-            "",
-            "| library | p50 (µs) | p99 (µs) | p50 / floor |",
-            "|---|---:|---:|---:|",
-        ]
-        for name, row in aio.items():
-            label = f"**{name}**" if name == OURS else name
-            lines.append(
-                f"| {label} | {row['p50_us']:.1f} | {row['p99_us']:.1f} | "
-                f"{row['ratio_p50_to_floor']:.2f}x |"
-            )
-        lines.append("")
+        lines += _cycle_lines(
+            "**Redis, async acquire + release** (`async with date_lock`, one key, same run)", aio
+        )
     lines += _renewal_lines(results.get("renew_many", {}))
     lines += _topology_lines(results.get("redis_topologies", {}))
     fs = results.get("firestore", {})
@@ -164,6 +144,18 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {name} | {value} | {_ok(row['met'])} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _cycle_lines(title: str, rows: dict[str, Any]) -> list[str]:
+    """One table of acquire + release cycle times, ours in bold."""
+    lines = [title, "", "| library | p50 (µs) | p99 (µs) | p50 / floor |", "|---|---:|---:|---:|"]
+    for name, row in rows.items():
+        label = f"**{name}**" if name == OURS else name
+        lines.append(
+            f"| {label} | {row['p50_us']:.1f} | {row['p99_us']:.1f} | "
+            f"{row['ratio_p50_to_floor']:.2f}x |"
+        )
+    return [*lines, ""]
 
 
 def _renewal_lines(renew: dict[str, Any]) -> list[str]:
