@@ -19,17 +19,6 @@ DAY = dt.date(2026, 2, 3)
 KEYS = ("game_date", "player_lookup")
 
 
-def _duckdb_major() -> int:
-    try:
-        import duckdb
-    except ImportError:
-        return 0
-    return int(duckdb.__version__.split(".")[0])
-
-
-_DUCKDB_BEFORE_2 = _duckdb_major() < 2
-
-
 class Target:
     """A player_game_summary table on one engine, and how to read it back."""
 
@@ -245,12 +234,6 @@ def test_empty_batch_sends_nothing(target: Target) -> None:
     assert (result.inserted, result.updated, result.attempts, result.jobs) == (0, 0, 0, 0)
 
 
-@pytest.mark.xfail(
-    _DUCKDB_BEFORE_2,
-    reason="known issue: on DuckDB 1.5 (the newest for Python 3.10) six threads on one "
-    "connection keep conflicting until safe_merge's 30 attempts run out",
-    strict=False,
-)
 def test_threads_merging_overlapping_batches(target: Target) -> None:
     """Each thread writes games 0-2 with its own processed_at; the newest must win."""
     base = dt.datetime(2026, 2, 4, tzinfo=dt.timezone.utc)
